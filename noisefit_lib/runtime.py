@@ -1,0 +1,303 @@
+"""Run-time plumbing every chapter shares: presets, seeding, device, threads, result files.
+
+A chapter declares its presets as a plain dict and calls :func:`resolve` once, in its setup
+cell, with the values of its papermill ``parameters`` cell::
+
+    PRESETS = {"smoke": {"n_steps": 20}, "book": {"n_steps": 200}, "full": {"n_steps": 5000}}
+    cfg = runtime.resolve("two_pass_softmax", PRESETS, preset, seed=seed, device=device,
+                          n_steps=n_steps)   # None keeps the preset's value
+    cfg.n_steps                            # -> 200 under the book preset
+
+:func:`resolve` validates every name and value (unknown ones fail with a message that lists the
+valid ones), seeds Python, NumPy and torch, picks the device, pins CPU threads and flushes
+denormals. Results are written with :func:`write_results`, atomically, together with the
+config, package versions, git commit, device and wall time.
+
+Explained in: book/running.md. Used by every chapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import noisefit_lib
+
+PRESET_NAMES = ("smoke", "book", "full")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved settings of one chapter run.
+
+    Preset values are read as attributes (``cfg.n_steps``); ``values`` holds them all.
+    """
+
+    chapter: str
+    preset: str
+    seed: int
+    device: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter, compare=False, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "values")
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{name!r} is not a setting of this run; settings: {sorted(values)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view: what a results file records as the config."""
+        return {
+            "chapter": self.chapter,
+            "preset": self.preset,
+            "seed": self.seed,
+            "device": self.device,
+            **dict(self.values),
+        }
+
+    def summary(self) -> str:
+        """One deterministic line per setting, for the chapter's recap cell."""
+        lines = [f"preset={self.preset} seed={self.seed} device={self.device}"]
+        lines += [f"  {key} = {self.values[key]!r}" for key in sorted(self.values)]
+        return "\n".join(lines)
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """Raise ``TypeError`` when an override's type does not fit the preset's default."""
+    if default is None or value is None:
+        return
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return  # 3 where 3.0 is expected is fine
+    if expected in (list, tuple) and isinstance(value, list | tuple):
+        return
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise TypeError(
+            f"{name} must be {expected.__name__} (like {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+
+def pick_device(device: str = "auto") -> str:
+    """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``; validate the rest.
+
+    Raises:
+        ValueError: for a name other than auto, cpu, cuda or cuda:N.
+        RuntimeError: when cuda is asked for and none is available.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} was asked for but torch sees no CUDA device; "
+            "use device='cpu' or 'auto'"
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (code outside the book may use the legacy API)
+    torch.manual_seed(seed)
+
+
+def stream(seed: int, purpose: str) -> torch.Generator:
+    """A torch generator for one purpose ("data", "init", "noise", ...).
+
+    Separate streams keep, say, the data identical when the model changes. The key is hashed
+    with SHA-256 rather than ``hash()``, which Python salts per process.
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def numpy_stream(seed: int, purpose: str) -> np.random.Generator:
+    """The NumPy counterpart of :func:`stream`."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def pin_threads(threads: int | None = None) -> int:
+    """Pin torch's intra-op CPU threads (default: the cores this process may use, at most 8)."""
+    if threads is None:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        threads = min(available, 8)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve(
+    chapter: str,
+    presets: Mapping[str, Mapping[str, Any]],
+    preset: str,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    **overrides: Any,
+) -> RunConfig:
+    """Validate a chapter's parameters, set up the process, and return its :class:`RunConfig`.
+
+    Args:
+        chapter: the chapter's slug, recorded in results files.
+        presets: ``{preset name: {setting: value}}``; every preset has the same settings.
+        preset: one of ``presets``' keys (normally smoke, book, full).
+        seed: seed of every random generator.
+        device: auto, cpu, cuda or cuda:N.
+        threads: CPU threads for torch; ``None`` uses the available cores (at most 8).
+        **overrides: settings to change; ``None`` keeps the preset's value.
+
+    Raises:
+        ValueError: unknown preset, setting or device, with the valid choices in the message.
+        TypeError: an override whose type does not match the preset's value.
+    """
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    values = dict(presets[preset])
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {', '.join(map(repr, unknown))} for chapter "
+            f"{chapter!r}; valid settings: {', '.join(sorted(values))}"
+        )
+    for name, value in overrides.items():
+        if value is not None:
+            _check_type(name, value, values[name])
+            values[name] = value
+    resolved_device = pick_device(device)
+    pin_threads(threads)
+    torch.set_flush_denormal(True)  # denormals slow CPU arithmetic 5-10x in long runs
+    seed_everything(seed)
+    return RunConfig(
+        chapter=chapter, preset=preset, seed=seed, device=resolved_device, values=values
+    )
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current commit, suffixed ``-dirty`` when tracked files changed; ``None`` outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware that a result depends on."""
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "noisefit_lib": noisefit_lib.__version__,
+    }
+    for name in ("transformers", "peft", "triton"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+    hardware = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        hardware["gpu"] = torch.cuda.get_device_name(device)
+    return {"versions": versions, "hardware": hardware}
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
+
+    A reader never sees a half-written file, and a crash leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_results(path: str | Path, results: Mapping[str, Any], cfg: RunConfig) -> Path:
+    """Write ``results`` as JSON with the run's config, environment, commit and wall time.
+
+    Args:
+        path: the JSON file to (over)write atomically.
+        results: JSON-serialisable numbers, lists and dicts.
+        cfg: the run's config, from :func:`resolve`.
+
+    Returns:
+        The path written.
+    """
+    record = {
+        "results": dict(results),
+        "config": cfg.to_dict(),
+        **environment(cfg.device),
+        "git_commit": git_commit(Path(path).resolve().parent),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - cfg.started, 3),
+    }
+    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a results file written by :func:`write_results`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def runs_dir() -> Path:
+    """Where chapters write their results: ``$NOISEFIT_RUNS_DIR``, else ``runs/`` at the repo root.
+
+    The repository root is found by walking up from the working directory to ``pyproject.toml``;
+    outside the repository (Colab, a copied notebook) it is ``./runs``.
+    """
+    if "NOISEFIT_RUNS_DIR" in os.environ:
+        return Path(os.environ["NOISEFIT_RUNS_DIR"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "noisefit_lib").is_dir():
+            return folder / "runs"
+    return here / "runs"

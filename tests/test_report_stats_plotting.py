@@ -1,0 +1,91 @@
+import math
+
+import matplotlib as mpl
+import numpy as np
+import pytest
+
+from noisefit_lib import plotting, report, stats
+
+
+@pytest.mark.parametrize(("value", "digits", "expected"), [
+    (3.14159265, 4, 3.142), (123456.0, 3, 123000.0), (-0.000123456, 2, -0.00012),
+    (0.0, 4, 0.0), (math.inf, 4, math.inf),
+])
+def test_sig(value, digits, expected):
+    assert report.sig(value, digits) == expected
+
+
+def test_sig_rejects_zero_digits():
+    with pytest.raises(ValueError):
+        report.sig(1.0, 0)
+
+
+def test_fmt():
+    assert report.fmt(2.0) == "2" and report.fmt(0.123456) == "0.1235" and report.fmt("x") == "x"
+    assert report.fmt(True) == "True" and report.fmt(7) == "7"
+
+
+def test_table():
+    text = report.table([{"method": "sft", "acc (%)": 91.23456}, {"method": "nf", "acc (%)": 90.0}])
+    assert text.splitlines() == ["| method | acc (%) |", "|---|---|", "| sft | 91.23 |",
+                                 "| nf | 90 |"]
+    with pytest.raises(ValueError):
+        report.table([])
+    with pytest.raises(KeyError):
+        report.table([{"a": 1}, {"b": 2}])
+
+
+def test_glue_without_myst_prints(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_myst(name, *args, **kwargs):
+        if name == "myst_nb":
+            raise ImportError
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_myst)
+    assert report.glue("speedup", 1.23456) == 1.235
+    assert report.glue("verdict", "reproduced") == "reproduced"
+    assert capsys.readouterr().out == "speedup = 1.235\nverdict = reproduced\n"
+
+
+def test_mean_ci_matches_t_interval():
+    mean, half = stats.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(stats.mean_ci([5.0])[1])
+    with pytest.raises(ValueError):
+        stats.mean_ci([])
+
+
+def test_t975_large_df_close_to_normal():
+    assert stats.t975(30) == 2.042 and abs(stats.t975(120) - 1.980) < 0.002
+
+
+def test_paired_ci_and_bootstrap():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.0]
+    mean, half = stats.paired_ci(a, b)
+    assert mean == pytest.approx(0.625) and half > 0
+    low, high = stats.paired_bootstrap_ci(a, b, rng=np.random.default_rng(0))
+    assert 0.5 <= low <= 0.625 <= high <= 1.0
+    with pytest.raises(ValueError):
+        stats.paired_ci([1.0], [1.0, 2.0])
+
+
+def test_house_style_is_explicit_and_restorable():
+    before = mpl.rcParams["axes.spines.top"]
+    with plotting.house_style():
+        assert mpl.rcParams["axes.spines.top"] is False
+        assert mpl.rcParams["figure.figsize"] == [6.4, 3.6]
+    assert mpl.rcParams["axes.spines.top"] == before
+
+
+def test_method_styles_are_fixed_and_distinct():
+    assert plotting.method_style("sft")["color"] == "#000000"
+    assert plotting.method_style("noisefit")["linestyle"] == "--"
+    styles = {(s["color"], str(s["linestyle"])) for s in plotting.METHOD_STYLE.values()}
+    assert len(styles) == len(plotting.METHOD_STYLE)
+    with pytest.raises(ValueError, match="known: sft"):
+        plotting.method_style("sgd")
+    assert plotting.style(7) == plotting.style(0)
