@@ -558,7 +558,7 @@ if GPU:
         """Row softmax of a contiguous float32 CUDA matrix with one of GPU_KERNELS."""
         rows, length = x.shape
         y = torch.empty_like(x) if y is None else y
-        block = min(4096, triton.next_power_of_2(length))
+        block = min(4096, max(128, triton.next_power_of_2(length)))  # masks cover the excess
         GPU_KERNELS[name][(rows,)](x, y, length, BLOCK=block, num_warps=8 if block >= 2048 else 4)
         return y
 
