@@ -27,8 +27,8 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     rounded = sig(value, digits)
-    if math.isfinite(rounded) and rounded == int(rounded) and abs(rounded) < 10**digits:
-        return str(int(rounded))
+    if math.isfinite(rounded) and rounded == int(rounded) and abs(rounded) < 1e15:
+        return str(int(rounded))  # 3270, not 3.27e+03
     return f"{rounded:.{digits}g}"
 
 

@@ -199,7 +199,11 @@ def resolve(
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current commit, suffixed ``-dirty`` when tracked files changed; ``None`` outside git."""
+    """The current commit, suffixed ``-dirty`` when tracked files changed.
+
+    Outside a git checkout (a copied tree on a GPU machine) it is ``$NOISEFIT_GIT_COMMIT`` if set,
+    else ``None``.
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -210,7 +214,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("NOISEFIT_GIT_COMMIT")
     return commit + ("-dirty" if dirty else "")
 
 

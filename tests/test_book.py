@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import CHAPTER_SCRIPTS, ROOT
 
 BROWSER_CHECK = """<!doctype html><meta charset="utf-8"><title>check</title>
@@ -39,9 +38,22 @@ document.getElementById("page").onload = () => setTimeout(report, 4000);
 def built_book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
     jb = Path(sys.executable).parent / "jupyter-book"
-    result = subprocess.run([str(jb), "build", str(ROOT), "--all", "-W", "-n", "--keep-going",
-                             "--path-output", str(out)], capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [
+            str(jb),
+            "build",
+            str(ROOT),
+            "--all",
+            "-W",
+            "-n",
+            "--keep-going",
+            "--path-output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return out / "_build" / "html"
 
@@ -77,8 +89,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
-        "google-chrome")
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
 
 
 @pytest.mark.slow
@@ -88,22 +103,39 @@ def test_chapter_renders_in_a_browser(built_book, script, tmp_path):
     if browser is None:
         if os.environ.get("NOISEFIT_REQUIRE_BROWSER") == "1":
             pytest.fail("chromium is required (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium); set "
-                    "NOISEFIT_REQUIRE_BROWSER=1 to make this a failure")
+        pytest.skip(
+            "no chromium on PATH (apt-get install chromium); set "
+            "NOISEFIT_REQUIRE_BROWSER=1 to make this a failure"
+        )
     page = script.relative_to(ROOT).with_suffix(".html").as_posix()
     (built_book / "browser_check.html").write_text(BROWSER_CHECK.replace("PAGE", page))
     handler = type("Handler", (_Handler,), {"missing": []})
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(built_book)))
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(built_book))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/browser_check.html"
         result = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=20000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=180)
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         server.shutdown()
         (built_book / "browser_check.html").unlink()

@@ -7,23 +7,26 @@ import nbformat
 import papermill as pm
 import pytest
 import yaml
+from conftest import CHAPTER_SCRIPTS, ROOT
 
 import noisefit_lib
-from conftest import CHAPTER_SCRIPTS, ROOT
 
 IDS = [p.stem for p in CHAPTER_SCRIPTS]
 
 
 def _inputs(notebook):
-    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
-            for c in notebook.cells]
+    return [
+        (c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in notebook.cells
+    ]
 
 
 def test_there_are_chapters_and_all_are_in_the_toc():
     toc = (ROOT / "_toc.yml").read_text()
     assert CHAPTER_SCRIPTS, "no chapters found under notebooks/<part>/"
     for script in CHAPTER_SCRIPTS:
-        assert str(script.relative_to(ROOT).with_suffix("")) in toc, f"{script.name} not in _toc.yml"
+        assert str(script.relative_to(ROOT).with_suffix("")) in toc, (
+            f"{script.name} not in _toc.yml"
+        )
 
 
 @pytest.mark.parametrize("script", CHAPTER_SCRIPTS, ids=IDS)
@@ -33,7 +36,8 @@ def test_pair_in_sync(script):
     from_script = jupytext.read(script)
     stored = nbformat.read(ipynb, as_version=4)
     assert _inputs(from_script) == _inputs(stored), (
-        f"{script.name} and its .ipynb differ: run `make sync`, then `make execute NB=...`")
+        f"{script.name} and its .ipynb differ: run `make sync`, then `make execute NB=...`"
+    )
 
 
 @pytest.mark.parametrize("script", CHAPTER_SCRIPTS, ids=IDS)
@@ -60,9 +64,14 @@ def test_colab_cell_installs_this_version_of_the_library(script):
 @pytest.mark.parametrize("script", CHAPTER_SCRIPTS, ids=IDS)
 def test_smoke_preset_runs_under_papermill(script, tmp_path, monkeypatch):
     monkeypatch.setenv("NOISEFIT_RUNS_DIR", str(tmp_path / "runs"))
-    out = pm.execute_notebook(str(script.with_suffix(".ipynb")), str(tmp_path / "out.ipynb"),
-                              parameters={"preset": "smoke"}, cwd=str(script.parent),
-                              kernel_name="python3", progress_bar=False)
+    out = pm.execute_notebook(
+        str(script.with_suffix(".ipynb")),
+        str(tmp_path / "out.ipynb"),
+        parameters={"preset": "smoke"},
+        cwd=str(script.parent),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     assert out.metadata.papermill.parameters == {"preset": "smoke"}
     assert list((tmp_path / "runs").rglob("smoke-seed0.json")), "no results file written"
 
@@ -71,7 +80,12 @@ def test_smoke_preset_runs_under_papermill(script, tmp_path, monkeypatch):
 @pytest.mark.parametrize("script", CHAPTER_SCRIPTS, ids=IDS)
 def test_unknown_preset_fails_with_the_valid_ones(script, tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as error:
-        pm.execute_notebook(str(script.with_suffix(".ipynb")), str(tmp_path / "out.ipynb"),
-                            parameters={"preset": "bogus"}, cwd=str(script.parent),
-                            kernel_name="python3", progress_bar=False)
+        pm.execute_notebook(
+            str(script.with_suffix(".ipynb")),
+            str(tmp_path / "out.ipynb"),
+            parameters={"preset": "bogus"},
+            cwd=str(script.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     assert "unknown preset 'bogus'; choose one of: smoke, book, full" in str(error.value)

@@ -7,10 +7,16 @@ import pytest
 from noisefit_lib import plotting, report, stats
 
 
-@pytest.mark.parametrize(("value", "digits", "expected"), [
-    (3.14159265, 4, 3.142), (123456.0, 3, 123000.0), (-0.000123456, 2, -0.00012),
-    (0.0, 4, 0.0), (math.inf, 4, math.inf),
-])
+@pytest.mark.parametrize(
+    ("value", "digits", "expected"),
+    [
+        (3.14159265, 4, 3.142),
+        (123456.0, 3, 123000.0),
+        (-0.000123456, 2, -0.00012),
+        (0.0, 4, 0.0),
+        (math.inf, 4, math.inf),
+    ],
+)
 def test_sig(value, digits, expected):
     assert report.sig(value, digits) == expected
 
@@ -23,12 +29,17 @@ def test_sig_rejects_zero_digits():
 def test_fmt():
     assert report.fmt(2.0) == "2" and report.fmt(0.123456) == "0.1235" and report.fmt("x") == "x"
     assert report.fmt(True) == "True" and report.fmt(7) == "7"
+    assert report.fmt(3274.9, digits=3) == "3270" and report.fmt(1.5e-7) == "1.5e-07"
 
 
 def test_table():
     text = report.table([{"method": "sft", "acc (%)": 91.23456}, {"method": "nf", "acc (%)": 90.0}])
-    assert text.splitlines() == ["| method | acc (%) |", "|---|---|", "| sft | 91.23 |",
-                                 "| nf | 90 |"]
+    assert text.splitlines() == [
+        "| method | acc (%) |",
+        "|---|---|",
+        "| sft | 91.23 |",
+        "| nf | 90 |",
+    ]
     with pytest.raises(ValueError):
         report.table([])
     with pytest.raises(KeyError):

@@ -122,5 +122,8 @@ def test_pin_threads():
         torch.set_num_threads(before)
 
 
-def test_git_commit_outside_a_repository(tmp_path):
+def test_git_commit_outside_a_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOISEFIT_GIT_COMMIT", raising=False)
     assert runtime.git_commit(tmp_path) is None
+    monkeypatch.setenv("NOISEFIT_GIT_COMMIT", "abc123")
+    assert runtime.git_commit(tmp_path) == "abc123"

@@ -19,15 +19,40 @@ from packaging.markers import Marker
 
 ROOTS = ("papermill", "ipykernel", "nbclient")
 PROVIDED_BY_GPU_IMAGE = {  # read from the image's package list; carrying them would shadow it
-    "attrs", "certifi", "charset-normalizer", "click", "idna", "packaging", "psutil", "pygments",
-    "python-dateutil", "pyyaml", "requests", "tqdm", "typing-extensions", "urllib3",
+    "attrs",
+    "certifi",
+    "charset-normalizer",
+    "click",
+    "idna",
+    "packaging",
+    "psutil",
+    "pygments",
+    "python-dateutil",
+    "pyyaml",
+    "requests",
+    "tqdm",
+    "typing-extensions",
+    "urllib3",
     "aiohttp",  # papermill needs it on Python 3.12 only; the image has it and its dependencies
 }
-TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-          "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-          "implementation_name": "cpython", "platform_python_implementation": "CPython"}
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
-             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
+TARGET = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 
 
 def normalise(name: str) -> str:
@@ -57,10 +82,26 @@ def main(folder: str = ".whl") -> None:
     wanted = closure(ROOTS)
     Path(folder).mkdir(exist_ok=True)
     platform_args = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    *platform_args, "-d", folder, *(f"{n}=={v}" for n, v in sorted(wanted.items()))],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platform_args,
+            "-d",
+            folder,
+            *(f"{n}=={v}" for n, v in sorted(wanted.items())),
+        ],
+        check=True,
+    )
     print(f"{len(wanted)} wheels in {folder}/: {', '.join(sorted(wanted))}")
 
 
