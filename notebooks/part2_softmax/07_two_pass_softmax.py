@@ -30,8 +30,8 @@
 # - check them against `torch.softmax` on extreme inputs;
 # - measure bandwidth from in-cache to out-of-cache sizes, next to the machine's copy bandwidth.
 #
-# Run time: `smoke` about 10 s, `book` (the default) about 30 s on a 2-core CPU, `full` a few
-# minutes on one GPU.
+# Run time, measured: `smoke` about 5 s and `book` (the default) about 15 s on the project's 2-core
+# CPU; `full` about 100 s on one H200 GPU machine (most of it timing the CPU kernels up to 1 GiB).
 
 # %% tags=["remove-cell"]
 # Colab or a bare Jupyter: install this book's own version of noisefit_lib; a no-op where it
