@@ -11,7 +11,7 @@ site=${NOISEFIT_SITE:-/tmp/noisefit-site}
 export NOISEFIT_RUNS_DIR=${NOISEFIT_RUNS_DIR:-$root/runs}
 # a copied tree without .git: pass NOISEFIT_GIT_COMMIT=<commit> so that results name their code
 export NOISEFIT_GIT_COMMIT=${NOISEFIT_GIT_COMMIT:-$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)}
-if ! python3 -c "import papermill, ipykernel" 2>/dev/null; then
+if ! PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import papermill, ipykernel" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
     "$wheels"/*.whl
 fi
