@@ -1,0 +1,137 @@
+import functools
+import math
+
+import pytest
+import torch
+
+from noisefit_lib import tiny_gpt as tg
+
+
+def _qk(b=2, h=2, t=7, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, t, d, generator=g), torch.randn(b, h, t, d, generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(tg.NORMALISERS))
+def test_normalisers_are_causal_distributions(name):
+    q, k = _qk()
+    a = tg.get_normaliser(name)(q, k)
+    assert a.shape == (2, 2, 7, 7)
+    assert (a >= 0).all()
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 7))
+    assert (a.triu(1) == 0).all(), "weights on future keys"
+
+
+def test_softmax_matches_torch_sdpa():
+    q, k = _qk()
+    v = torch.randn(2, 2, 7, 8)
+    ours = tg.softmax_attention(q, k) @ v
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_lssa_scales_row_i_by_log_of_keys_seen():
+    q, k = _qk(t=5)
+    a = tg.NORMALISERS["lssa"](q, k)
+    s = q @ k.transpose(-2, -1) / math.sqrt(8)
+    i = 3  # row 3 sees N = 4 keys
+    phi = torch.nn.functional.softplus(math.log(4) * s[..., i, : i + 1])
+    torch.testing.assert_close(a[..., i, : i + 1], phi / phi.sum(-1, keepdim=True))
+
+
+def test_reweight_keeps_only_above_uniform_weights_and_sharpens():
+    a = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.6, 0.3, 0.1]]]])
+    r = tg.reweight(a, power=2.0)
+    torch.testing.assert_close(r[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # one key: unchanged
+    torch.testing.assert_close(r[0, 0, 1], torch.tensor([0.5, 0.5, 0.0]))  # uniform: unchanged
+    torch.testing.assert_close(r[0, 0, 2], torch.tensor([1.0, 0.0, 0.0]))  # only 0.6 > 1/3
+    big = tg.reweight(torch.softmax(torch.randn(1, 1, 300, 300).tril(), -1), power=40.0)
+    assert torch.isfinite(big).all()
+
+
+def test_lssar_power_sharpens_monotonically():
+    q, k = _qk(t=32, seed=3)
+    ent = []
+    for p in (1.0, 2.0, 8.0):
+        a = tg.lssar_attention(q, k, power=p)
+        ent.append(-(a * a.clamp_min(1e-30).log()).sum(-1).mean().item())
+    assert ent[0] > ent[1] > ent[2]
+
+
+def test_linear_attention_matches_recurrent_form():
+    q, k = _qk(b=1, h=1, t=6, d=4)
+    v = torch.randn(1, 1, 6, 3)
+    fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    s, z, outs = torch.zeros(4, 3), torch.zeros(4), []
+    for t in range(6):
+        s, z = s + fk[0, 0, t, :, None] * v[0, 0, t], z + fk[0, 0, t]
+        outs.append(fq[0, 0, t] @ s / (fq[0, 0, t] @ z))
+    torch.testing.assert_close(tg.linear_attention(q, k) @ v, torch.stack(outs)[None, None])
+
+
+def test_get_normaliser_accepts_callables_and_rejects_unknown_names():
+    fn = functools.partial(tg.lssar_attention, power=2.0)
+    assert tg.get_normaliser(fn) is fn
+    with pytest.raises(ValueError, match="known"):
+        tg.get_normaliser("nope")
+
+
+def test_rope_preserves_norm_and_is_relative():
+    x = torch.randn(1, 1, 10, 8)
+    torch.testing.assert_close(tg.rope(x).norm(dim=-1), x.norm(dim=-1))
+    q, k = torch.randn(8), torch.randn(8)
+    qs, ks = tg.rope(q.expand(1, 1, 10, 8)), tg.rope(k.expand(1, 1, 10, 8))
+    torch.testing.assert_close(qs[0, 0, 5] @ ks[0, 0, 2], qs[0, 0, 8] @ ks[0, 0, 5])
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "none"])
+def test_model_is_causal_and_shapes(pos):
+    cfg = tg.GPTConfig(vocab_size=11, d_model=16, n_layer=2, n_head=2, pos=pos, block_size=12)
+    model = tg.TinyGPT(cfg, generator=torch.Generator().manual_seed(0)).eval()
+    idx = torch.randint(0, 11, (2, 12))
+    logits = model(idx)
+    assert logits.shape == (2, 12, 11)
+    idx2 = idx.clone()
+    idx2[:, 8:] = (idx2[:, 8:] + 1) % 11
+    torch.testing.assert_close(model(idx2)[:, :8], logits[:, :8])
+
+
+def test_init_is_seeded_and_weights_tied():
+    cfg = tg.GPTConfig(vocab_size=11, d_model=16, n_layer=1, n_head=2)
+    a = tg.TinyGPT(cfg, generator=torch.Generator().manual_seed(1))
+    b = tg.TinyGPT(cfg, generator=torch.Generator().manual_seed(1))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+    assert a.head.weight is a.tok.weight
+    assert tg.count_parameters(a) == sum(p.numel() for p in a.parameters())
+
+
+def test_set_normaliser_swaps_every_layer_and_custom_mixer_and_head():
+    cfg = tg.GPTConfig(vocab_size=7, d_model=8, n_layer=2, n_head=1)
+    model = tg.TinyGPT(cfg)
+    tg.set_normaliser(model, "lssa")
+    assert all(b.mixer.normaliser is tg.NORMALISERS["lssa"] for b in model.blocks)
+    head = torch.nn.Linear(8, 7)
+    mixed = tg.TinyGPT(cfg, mixer=lambda c: torch.nn.Linear(c.d_model, c.d_model), head=head)
+    assert isinstance(mixed.blocks[0].mixer, torch.nn.Linear) and mixed.head is head
+    assert mixed(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 7)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divide"):
+        tg.GPTConfig(vocab_size=5, d_model=10, n_head=3)
+    with pytest.raises(ValueError, match="pos"):
+        tg.GPTConfig(vocab_size=5, pos="alibi")
+
+
+def test_generate_greedy_and_training_reduces_loss():
+    torch.manual_seed(0)
+    cfg = tg.GPTConfig(vocab_size=5, d_model=16, n_layer=1, n_head=2)
+    model = tg.TinyGPT(cfg, generator=torch.Generator().manual_seed(0))
+    seq = torch.arange(24).remainder(5)[None].repeat(8, 1)  # 0 1 2 3 4 0 1 ...
+    losses = tg.train_lm(model, lambda step: (seq[:, :-1], seq[:, 1:]), num_steps=60, lr=1e-2)
+    assert losses[-1] < 0.5 * losses[0]
+    out = tg.generate(model, seq[:1, :6], max_new_tokens=4)
+    assert out.shape == (1, 10)
+    assert out[0, 6:].tolist() == [1, 2, 3, 4]
+    assert not model.training
