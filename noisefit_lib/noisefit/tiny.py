@@ -1,0 +1,143 @@
+"""Tiny causal LMs of every architecture NoiseFiT supports, built from configs (no download).
+
+Used by the tests, the cost benchmark (``tools/bench_noisefit.py``) and the usage page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ARCHS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "phi", "opt")
+
+
+def tiny_config(
+    arch: str = "llama",
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vocab: int = 1000,
+    max_positions: int = 128,
+    intermediate: int | None = None,
+    **extra: Any,
+) -> Any:
+    """A ``transformers`` config for a tiny model of architecture ``arch``.
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        hidden: model width.
+        layers: number of decoder blocks.
+        heads: attention heads.
+        vocab: vocabulary size.
+        max_positions: maximum sequence length.
+        intermediate: MLP width (``4 * hidden`` by default).
+        **extra: further config fields.
+
+    Returns:
+        The config object.
+
+    Raises:
+        ValueError: for an unknown architecture.
+    """
+    import transformers as tf
+
+    ff = intermediate or 4 * hidden
+    common = {"vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    llama_like = {
+        "hidden_size": hidden,
+        "intermediate_size": ff,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "max_position_embeddings": max_positions,
+        "tie_word_embeddings": True,
+    }
+    builders = {
+        "llama": lambda: tf.LlamaConfig(**llama_like, **common),
+        "qwen2": lambda: tf.Qwen2Config(**llama_like, **common),
+        "mistral": lambda: tf.MistralConfig(**llama_like, **common),
+        "gemma": lambda: tf.GemmaConfig(**llama_like, head_dim=hidden // heads, **common),
+        "phi": lambda: tf.PhiConfig(**{**llama_like, "tie_word_embeddings": False}, **common),
+        "gpt2": lambda: tf.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **common
+        ),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ff,
+            max_position_embeddings=max_positions,
+            **common,
+        ),
+        "opt": lambda: tf.OPTConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            ffn_dim=ff,
+            word_embed_proj_dim=hidden,
+            max_position_embeddings=max_positions,
+            **common,
+        ),
+    }
+    if arch not in builders:
+        raise ValueError(f"unknown architecture {arch!r}; choose {', '.join(ARCHS)}")
+    cfg = builders[arch]()
+    for key, value in extra.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(arch: str = "llama", *, seed: int = 0, **kwargs: Any) -> Any:
+    """A randomly initialised ``AutoModelForCausalLM`` from :func:`tiny_config` (fp32).
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        seed: initialisation seed (uses a forked RNG; the global RNG state is restored).
+        **kwargs: passed to :func:`tiny_config`.
+
+    Returns:
+        The model, in training mode.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.train()
+    return model
+
+
+def word_tokenizer(words: Sequence[str], *, vocab_size: int | None = None) -> Any:
+    """A word-level fast tokenizer over ``words`` (+ ``<pad> <bos> <eos> <unk>``, ids 0-3).
+
+    Args:
+        words: the vocabulary (duplicates ignored).
+        vocab_size: pad the vocabulary with ``<extraN>`` tokens up to this size.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` that adds ``<bos>``/``<eos>`` and pads on the right.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab: dict[str, int] = {t: i for i, t in enumerate(specials)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    while vocab_size is not None and len(vocab) < vocab_size:
+        vocab[f"<extra{len(vocab)}>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
