@@ -1,0 +1,178 @@
+"""Evaluation metrics the book reuses: calibration, ranking, selective prediction and pass@k.
+
+Everything here works on NumPy arrays (torch tensors are converted) and returns plain floats or
+dicts of floats, so results files stay JSON-serialisable. Each function is checked against a
+hand-computed value or scikit-learn in ``tests/test_metrics.py``.
+
+Explained in: the SDM activation chapter (calibration, admitted-set accuracy) and the soft
+thinking chapter (pass@k).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def _as_1d(values: Any, name: str, dtype: type = float) -> np.ndarray:
+    """``values`` as a 1-D NumPy array of ``dtype`` (torch tensors are detached and copied)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=dtype)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    return array
+
+
+def expected_calibration_error(confidence: Any, correct: Any, n_bins: int = 15) -> float:
+    """Expected calibration error with equal-width confidence bins.
+
+    ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` over the bins ``(b/B, (b+1)/B]`` (the first bin
+    also holds confidence 0), where ``acc_b`` and ``conf_b`` are the accuracy and the mean
+    confidence of the ``n_b`` points in bin ``b``.
+
+    Args:
+        confidence: the probability each prediction is right, shape (N,), values in [0, 1].
+        correct: whether each prediction was right, shape (N,), bool or 0/1.
+        n_bins: number of equal-width bins B.
+
+    Returns:
+        The ECE, in [0, 1].
+    """
+    conf = _as_1d(confidence, "confidence")
+    hit = _as_1d(correct, "correct", dtype=bool)
+    if conf.shape != hit.shape or conf.size == 0:
+        raise ValueError(f"need equal, non-empty shapes, got {conf.shape} and {hit.shape}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if conf.min() < 0 or conf.max() > 1:
+        raise ValueError("confidence values must lie in [0, 1]")
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # (b/B, (b+1)/B]
+    ece = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        ece += members.mean() * abs(hit[members].mean() - conf[members].mean())
+    return float(ece)
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve: the probability a positive outscores a negative (ties: 1/2).
+
+    Computed from average ranks (the Mann-Whitney U statistic), so it equals
+    ``sklearn.metrics.roc_auc_score`` including ties.
+
+    Args:
+        scores: higher means "more likely positive", shape (N,).
+        labels: 1 for positives, 0 for negatives, shape (N,); both classes must occur.
+    """
+    s = _as_1d(scores, "scores")
+    y = _as_1d(labels, "labels", dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in shape: {s.shape} and {y.shape}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("auroc needs at least one positive and one negative")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size)
+    sorted_s = s[order]
+    start = 0
+    while start < s.size:  # average the ranks of tied scores
+        stop = start
+        while stop + 1 < s.size and sorted_s[stop + 1] == sorted_s[start]:
+            stop += 1
+        ranks[order[start : stop + 1]] = (start + stop) / 2 + 1
+        start = stop + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def selective_accuracy(correct: Any, admitted: Any) -> tuple[float, float]:
+    """Accuracy on the admitted (non-rejected) points and the coverage (fraction admitted).
+
+    Args:
+        correct: whether each prediction was right, shape (N,).
+        admitted: whether each point was admitted, shape (N,).
+
+    Returns:
+        ``(accuracy, coverage)``; the accuracy is NaN when nothing is admitted.
+    """
+    hit = _as_1d(correct, "correct", dtype=bool)
+    keep = _as_1d(admitted, "admitted", dtype=bool)
+    if hit.shape != keep.shape or hit.size == 0:
+        raise ValueError(f"need equal, non-empty shapes, got {hit.shape} and {keep.shape}")
+    coverage = float(keep.mean())
+    accuracy = float(hit[keep].mean()) if keep.any() else math.nan
+    return accuracy, coverage
+
+
+def admitted_set_accuracy(
+    y_true: Any, y_pred: Any, admitted: Any, n_classes: int
+) -> dict[str, Any]:
+    """Class- and prediction-conditional accuracy of the admitted set, as in SDM's Table 1.
+
+    For each class ``c``: the accuracy among admitted points whose *true* label is ``c``
+    (class-conditional) and among admitted points *predicted* as ``c`` (prediction-conditional),
+    each with its count; plus the marginal accuracy and the coverage.
+
+    Args:
+        y_true: true labels, shape (N,), integers in [0, n_classes).
+        y_pred: predicted labels, shape (N,).
+        admitted: whether each point was admitted, shape (N,).
+        n_classes: number of classes C.
+
+    Returns:
+        ``{"accuracy", "coverage", "n_admitted", "class_acc" (C,), "class_n" (C,),
+        "pred_acc" (C,), "pred_n" (C,), "min_conditional_acc"}``. Accuracies of empty groups
+        are NaN; ``min_conditional_acc`` is the smallest non-NaN conditional accuracy (NaN when
+        nothing is admitted).
+    """
+    yt = _as_1d(y_true, "y_true", dtype=int)
+    yp = _as_1d(y_pred, "y_pred", dtype=int)
+    keep = _as_1d(admitted, "admitted", dtype=bool)
+    if not yt.shape == yp.shape == keep.shape:
+        raise ValueError(f"shapes differ: {yt.shape}, {yp.shape}, {keep.shape}")
+    hit = yt == yp
+    accuracy, coverage = selective_accuracy(hit, keep)
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "coverage": coverage,
+        "n_admitted": int(keep.sum()),
+    }
+    for key, labels in (("class", yt), ("pred", yp)):
+        groups = [keep & (labels == c) for c in range(n_classes)]
+        out[f"{key}_n"] = [int(g.sum()) for g in groups]
+        out[f"{key}_acc"] = [float(hit[g].mean()) if g.any() else math.nan for g in groups]
+    conditional = [a for a in out["class_acc"] + out["pred_acc"] if not math.isnan(a)]
+    out["min_conditional_acc"] = min(conditional) if conditional else math.nan
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from ``n`` samples of which ``c`` are correct.
+
+    ``pass@k = 1 - C(n - c, k) / C(n, k)``: the probability that ``k`` samples drawn without
+    replacement from the ``n`` contain at least one correct one. Computed as a product, which
+    is stable for large ``n``.
+
+    Args:
+        n: samples drawn per problem.
+        c: how many of them were correct, ``0 <= c <= n``.
+        k: the budget, ``1 <= k <= n``.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got c={c}, n={n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def mean_pass_at_k(n_correct: Any, n: int, k: int) -> float:
+    """:func:`pass_at_k` averaged over problems, given each problem's count of correct samples."""
+    counts = _as_1d(n_correct, "n_correct", dtype=int)
+    if counts.size == 0:
+        raise ValueError("need at least one problem")
+    return float(np.mean([pass_at_k(n, int(c), k) for c in counts]))
