@@ -26,6 +26,7 @@ function report() {
     title: doc.title,
     math: doc.querySelectorAll("mjx-container").length,
     raw_tex: (doc.body.innerText.match(/\\$\\$|\\\\frac|\\\\sum_/g) || []).length,
+    raw_tables: (doc.body.innerText.match(/\\|\\s*---\\s*\\|/g) || []).length,
     images: images.length,
     broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
   });
@@ -144,5 +145,6 @@ def test_chapter_renders_in_a_browser(built_book, script, tmp_path):
     state = json.loads(found.group(1).replace("&amp;", "&"))
     assert state["math"] > 10, f"math not rendered: {state}"
     assert state["raw_tex"] == 0, f"raw TeX visible: {state}"
+    assert state["raw_tables"] == 0, f"Markdown tables shown as text: {state}"
     assert state["images"] >= 1 and not state["broken"], f"images not loaded: {state}"
     assert not handler.missing, f"requests that failed: {handler.missing}"

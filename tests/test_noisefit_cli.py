@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from noisefit_lib.noisefit import cli
 
@@ -19,14 +18,6 @@ PAIRS = [
     ("who painted aster", "mira painted it"),
     ("when was tove built", "tove was built in spring"),
 ] * 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

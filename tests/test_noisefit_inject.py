@@ -6,15 +6,6 @@ from torch import nn
 
 from noisefit_lib.noisefit import inject, noise, packing, tiny
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 NO_DROPOUT = {
     "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
     "opt": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},

@@ -8,14 +8,6 @@ import torch
 from noisefit_lib.noisefit import calibrate, inject, layers, tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _hidden(seed=0, shape=(4, 8, 32)):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 

@@ -524,6 +524,8 @@ for ax, metric in ((ax_h, "h"), (ax_d, "D")):
                 linewidth=1, label=f"slope {power:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(cfg.sizes, [str(n) for n in cfg.sizes])
+    ax.minorticks_off()
     ax.set_xlabel("sample size n")
 ax_h.set_ylabel("Hellinger distance h (unitless)")
 ax_d.set_ylabel("parameter distance D (unitless)")

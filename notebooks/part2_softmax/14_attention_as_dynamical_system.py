@@ -557,6 +557,7 @@ for i, family in enumerate(cfg.sizes):
                     **plotting.style(i))
 ax_acc.axhline(1 / (cfg.vocab_size - cfg.vocab_size // 2), color="grey", linestyle=":", linewidth=1)
 ax_acc.set_xscale("log")
+ax_acc.set_ylim(0, 1)
 ax_acc.set_xlabel("state size N per layer")
 ax_acc.set_ylabel("MQAR query accuracy")
 for ax in (ax_err, ax_acc):

@@ -753,7 +753,8 @@ else:
     full_greedy = f"{np.mean([r['soft_equals_greedy'] for r in runs_full]):.3g} of problems"
     n_full = full["config"]["n_samples"]
     f_pk = {key: np.mean([metrics.pass_at_k(n_full, int(c), n_full) for r in runs_full for c in r[key]["n_correct"]])
-            for key in runs_full[0] if key.startswith("soft")}
+            for key, value in runs_full[0].items()
+            if key.startswith("soft") and isinstance(value, dict) and "n_correct" in value}
     full_random = ", ".join(f"{k}: {v:.3g}" for k, v in sorted(f_pk.items()))
 _ = report.glue("full_probe", full_probe)
 _ = report.glue("full_greedy", full_greedy)
