@@ -5,7 +5,6 @@ Used by the tests, the cost benchmark (``tools/bench_noisefit.py``) and the usag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "phi", "opt")
@@ -108,36 +107,3 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, **kwargs: Any) -> Any:
         model = AutoModelForCausalLM.from_config(cfg)
     model.train()
     return model
-
-
-def word_tokenizer(words: Sequence[str], *, vocab_size: int | None = None) -> Any:
-    """A word-level fast tokenizer over ``words`` (+ ``<pad> <bos> <eos> <unk>``, ids 0-3).
-
-    Args:
-        words: the vocabulary (duplicates ignored).
-        vocab_size: pad the vocabulary with ``<extraN>`` tokens up to this size.
-
-    Returns:
-        A ``PreTrainedTokenizerFast`` that adds ``<bos>``/``<eos>`` and pads on the right.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
-    vocab: dict[str, int] = {t: i for i, t in enumerate(specials)}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    while vocab_size is not None and len(vocab) < vocab_size:
-        vocab[f"<extra{len(vocab)}>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
