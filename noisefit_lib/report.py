@@ -9,6 +9,7 @@ Explained in: book/contributing.md (Numbers in prose).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,14 +33,20 @@ def fmt(value: Any, digits: int = 4) -> str:
     return f"{rounded:.{digits}g}"
 
 
-def glue(key: str, value: float | str, digits: int = 4) -> float | str:
+def glue(key: str, value: float | str, digits: int = 4) -> float | int | str:
     """Store ``value`` under ``key`` for ``{glue:text}`key``` in the book; return what was stored.
 
-    Numbers are rounded to ``digits`` significant digits first, so that stored outputs compare
-    across machines; strings (a verdict, say) are stored as they are. Works without ``myst_nb``
+    Floats are rounded to ``digits`` significant digits first, so that stored outputs compare
+    across machines; integers (counts, sizes) and strings (a verdict, say) are stored as they
+    are. Works without ``myst_nb``
     too (a plain script on a GPU machine): then it prints the pair.
     """
-    stored = value if isinstance(value, str) else sig(float(value), digits)
+    if isinstance(value, str):
+        stored = value
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        stored = int(value)  # a count stays a count: "160 people", not "160.0 people"
+    else:
+        stored = sig(float(value), digits)
     try:
         from myst_nb import glue as myst_glue
     except ImportError:

@@ -62,6 +62,17 @@ def test_glue_without_myst_prints(monkeypatch, capsys):
     assert capsys.readouterr().out == "speedup = 1.235\nverdict = reproduced\n"
 
 
+def test_glue_keeps_counts_as_integers():
+    import numpy as np
+
+    assert report.glue("people", 160) == 160 and isinstance(report.glue("people", 160), int)
+    assert report.glue("seeds", np.int64(5)) == 5 and isinstance(
+        report.glue("seeds", np.int64(5)), int
+    )
+    assert report.glue("big", 123456) == 123456  # not rounded to 4 digits
+    assert report.glue("rate", 1.0) == 1.0 and isinstance(report.glue("rate", 1.0), float)
+
+
 def test_mean_ci_matches_t_interval():
     mean, half = stats.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
