@@ -231,7 +231,9 @@ ACCEL_SCRIPT = textwrap.dedent(
     tr.train()
     rank = tr.args.process_index
     w = sum(float(p.sum()) for p in tr.model.parameters())
-    out = {"rank": rank, "world": tr.args.world_size, "layers": tr.choice.layers, "w": w}
+    logged = [h["nf_total"] for h in tr.state.log_history if "nf_total" in h]
+    out = {"rank": rank, "world": tr.args.world_size, "layers": tr.choice.layers, "w": w,
+           "nf_total": logged}
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
     """
@@ -253,3 +255,5 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert r0["world"] == r1["world"] == 2
     assert r0["layers"] == r1["layers"]  # one layer choice, broadcast from rank 0
     assert r0["w"] == pytest.approx(r1["w"], rel=1e-6)  # DDP kept replicas in sync
+    # the logged loss terms are averaged over processes, like `loss`, so every rank logs the same
+    assert len(r0["nf_total"]) == 2 and r0["nf_total"] == r1["nf_total"]

@@ -258,6 +258,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         noisy2_grad=args.noisy2_grad,
         share_prefix=args.share_prefix,
     )
+    from transformers import set_seed
+
+    set_seed(args.seed)  # before the LoRA adapters are created: their init must follow --seed
     model, tok = load_model_and_tokenizer(args.model, args.gguf_file)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # as v1
@@ -288,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # also what makes CPU multi-process runs use DDP
+        ddp_find_unused_parameters=False,  # NoiseFiT uses every trainable parameter
     )
     trainer = NoiseFiTTrainer(
         model=model,
@@ -385,5 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(exc)} (set NOISEFIT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-    print(json.dumps(summary, default=str))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary under `accelerate launch`
+        print(json.dumps(summary, default=str))
     return 0

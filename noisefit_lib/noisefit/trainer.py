@@ -415,10 +415,14 @@ class NoiseFiTTrainer(Trainer):
         self._count += 1
 
     def loss_terms(self) -> dict[str, float]:
-        """Mean of each loss term since the last log (this process only)."""
+        """Mean of each loss term since the last log, averaged over processes (as ``loss`` is)."""
         if not self._count:
             return {}
-        return {f"nf_{k}": round(float(v) / self._count, 6) for k, v in self._sums.items()}
+        names = list(self._sums)
+        means = torch.stack([torch.as_tensor(self._sums[k]) for k in names]) / self._count
+        if self.accelerator.num_processes > 1:
+            means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean")
+        return {f"nf_{k}": round(float(v), 6) for k, v in zip(names, means.tolist(), strict=True)}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged loss terms and noise ratios to the training logs."""
