@@ -17,7 +17,6 @@ sieber2024dsf.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,10 +61,8 @@ def log_softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < -20.0, x, torch.log(safe))
 
 
-def softplus_attention(
-    q: torch.Tensor, k: torch.Tensor, length_scale: bool = False
-) -> torch.Tensor:
-    """Softplus-l1 attention: softplus(c_i * score), masked and l1-normalised per row.
+def softplus_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Plain softplus-l1 attention: softplus(q k^T / sqrt(Dh)), masked and l1-normalised per row.
 
     The ratio is computed in log space (a softmax of :func:`log_softplus`), which is the same
     number but stays finite when every score of a row is so negative that softplus underflows.
@@ -73,39 +70,61 @@ def softplus_attention(
     Args:
         q: queries (B, H, T, Dh).
         k: keys (B, H, T, Dh).
-        length_scale: multiply row i's scores by c_i = log N_i, N_i = i + 1 the number of keys it
-            sees (the length-scaled softplus attention, LSSA); otherwise c_i = 1.
     """
     t = q.shape[-2]
-    s = _scores(q, k)
-    if length_scale:
-        s = s * torch.log(keys_visible(t, q.device))
+    log_phi = log_softplus(_scores(q, k)).masked_fill(~causal_mask(t, q.device), -math.inf)
+    return torch.softmax(log_phi, dim=-1)
+
+
+def lssa_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Length-scaled softplus attention (LSSA) of Gao et al.: the normalisation stage.
+
+    Queries and keys are l2-normalised (so the dot products are cosines in [-1, 1]), row i is
+    multiplied by ``log(Dh) * log(N_i)`` with N_i = i + 1 the number of keys it sees, then
+    softplus, the causal mask and an l1 normalisation per row (computed in log space, as in
+    :func:`softplus_attention`).
+
+    Args:
+        q: queries (B, H, T, Dh).
+        k: keys (B, H, T, Dh).
+    """
+    t, dh = q.shape[-2], q.shape[-1]
+    cos = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    s = math.log(dh) * torch.log(keys_visible(t, q.device)).to(cos.dtype) * cos
     log_phi = log_softplus(s).masked_fill(~causal_mask(t, q.device), -math.inf)
     return torch.softmax(log_phi, dim=-1)
 
 
-def reweight(a: torch.Tensor, power: float, offset: float = 1.0) -> torch.Tensor:
-    """Sharpen causal attention rows: relu(N_i a_ij - offset)^power, l1-normalised.
+def reweight(
+    a: torch.Tensor, power: float, offset: float = 1.0, free_rows: int = 3
+) -> torch.Tensor:
+    """Sharpen causal attention rows (re-weighting): relu(N_i a_ij - O_i)^p, l1-normalised.
 
-    Weights above ``offset`` times the uniform level 1/N_i grow, the rest drop to zero. Rows with
-    no weight above that level (a uniform row, the first row) are returned unchanged. The power
-    is taken after dividing by the row maximum, so large powers cannot overflow.
+    O_i = ``offset`` (the uniform level 1/N_i, in units of 1/N_i), except O_i = 0 on the first
+    ``free_rows`` rows, which see too few keys to threshold. Weights above O_i / N_i grow, the rest
+    drop to zero. A row with nothing above its threshold (only an exactly uniform row) would be
+    0/0; it is returned unchanged. The power is taken after dividing by the row maximum, which
+    cancels in the ratio and keeps large powers from overflowing.
 
     Args:
         a: attention weights (B, H, T, T), rows summing to 1 over j <= i.
         power: the exponent p (p = 1: only the offset acts).
-        offset: the threshold, in units of the uniform weight 1/N_i.
+        offset: the threshold O_i on rows past ``free_rows``, in units of the uniform weight.
+        free_rows: number of leading rows with O_i = 0.
     """
-    x = F.relu(a * keys_visible(a.shape[-1], a.device) - offset)
+    t = a.shape[-1]
+    o = torch.full((t, 1), offset, device=a.device, dtype=a.dtype)
+    o[:free_rows] = 0.0
+    x = F.relu(a * keys_visible(t, a.device).to(a.dtype) - o)
     peak = x.amax(dim=-1, keepdim=True)
     x = (x / peak.clamp_min(torch.finfo(x.dtype).tiny)) ** power
     total = x.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), a)
 
 
-def lssar_attention(q: torch.Tensor, k: torch.Tensor, power: float = 4.0) -> torch.Tensor:
+def lssar_attention(q: torch.Tensor, k: torch.Tensor, power: float = 15.0) -> torch.Tensor:
     """LSSA followed by :func:`reweight` with exponent ``power`` (LSSAR)."""
-    return reweight(softplus_attention(q, k, length_scale=True), power)
+    return reweight(lssa_attention(q, k), power)
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -118,7 +137,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 NORMALISERS: dict[str, Normaliser] = {
     "softmax": softmax_attention,
     "softplus": softplus_attention,
-    "lssa": functools.partial(softplus_attention, length_scale=True),
+    "lssa": lssa_attention,
     "lssar": lssar_attention,
     "linear": linear_attention,
 }
@@ -347,6 +366,6 @@ def train_lm(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())  # no host sync per step (matters on a GPU)
     model.eval()
-    return losses
+    return torch.stack(losses).tolist() if losses else []

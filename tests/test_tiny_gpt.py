@@ -30,21 +30,27 @@ def test_softmax_matches_torch_sdpa():
     torch.testing.assert_close(ours, ref)
 
 
-def test_lssa_scales_row_i_by_log_of_keys_seen():
+def test_lssa_is_softplus_of_cosines_scaled_by_log_d_log_n():
     q, k = _qk(t=5)
     a = tg.NORMALISERS["lssa"](q, k)
-    s = q @ k.transpose(-2, -1) / math.sqrt(8)
-    i = 3  # row 3 sees N = 4 keys
-    phi = torch.nn.functional.softplus(math.log(4) * s[..., i, : i + 1])
+    cos = torch.nn.functional.cosine_similarity(q.unsqueeze(-2), k.unsqueeze(-3), dim=-1)
+    i = 3  # row 3 sees N = 4 keys; Dh = 8
+    phi = torch.nn.functional.softplus(math.log(8) * math.log(4) * cos[..., i, : i + 1])
     torch.testing.assert_close(a[..., i, : i + 1], phi / phi.sum(-1, keepdim=True))
+    torch.testing.assert_close(a[..., 0, 0], torch.ones(2, 2))  # row 1: log N = 0, one key
 
 
-def test_reweight_keeps_only_above_uniform_weights_and_sharpens():
-    a = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.6, 0.3, 0.1]]]])
+def test_reweight_thresholds_at_uniform_level_after_the_free_rows():
+    a = torch.tensor(
+        [[[[1.0, 0.0, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0], [0.5, 0.3, 0.2, 0.0], [0.4, 0.3, 0.2, 0.1]]]]
+    )
     r = tg.reweight(a, power=2.0)
-    torch.testing.assert_close(r[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # one key: unchanged
-    torch.testing.assert_close(r[0, 0, 1], torch.tensor([0.5, 0.5, 0.0]))  # uniform: unchanged
-    torch.testing.assert_close(r[0, 0, 2], torch.tensor([1.0, 0.0, 0.0]))  # only 0.6 > 1/3
+    torch.testing.assert_close(r[0, 0, 0], a[0, 0, 0])  # one key: unchanged
+    torch.testing.assert_close(r[0, 0, 1], torch.tensor([16 / 17, 1 / 17, 0.0, 0.0]))  # O = 0
+    torch.testing.assert_close(r[0, 0, 2], torch.tensor([25 / 38, 9 / 38, 4 / 38, 0.0]))
+    torch.testing.assert_close(r[0, 0, 3], torch.tensor([0.36 / 0.40, 0.04 / 0.40, 0.0, 0.0]))
+    flat = torch.full((1, 1, 5, 5), 0.2).tril()
+    torch.testing.assert_close(tg.reweight(flat, 3.0)[0, 0, 4], flat[0, 0, 4])  # uniform: kept
     big = tg.reweight(torch.softmax(torch.randn(1, 1, 300, 300).tril(), -1), power=40.0)
     assert torch.isfinite(big).all()
 

@@ -19,15 +19,16 @@
 #
 # **Claim.** Softmax attention is a positivity map (exp) followed by $\ell_1$ normalisation; replacing
 # exp by Softplus with a length-dependent scale, and then sharpening the weights with a
-# training-free re-weighting, keeps the validation loss nearly constant up to 16× the training
-# length {cite:p}`gao2025softplus`.
+# re-weighting stage, keeps the validation loss nearly constant up to 16× the training length
+# {cite:p}`gao2025softplus`.
 #
 # In this chapter we
 # - write softmax, length-scaled softplus attention (LSSA) and its re-weighted version (LSSAR) as
 #   one "positivity map, then normalise" recipe;
 # - derive why a $\log N$ scale counters attention dilution, and check it numerically;
-# - train tiny RoPE transformers with softmax and with LSSA at length $T$ and measure the loss
-#   from $T$ to $16T$, with and without re-weighting, sweeping its power.
+# - train tiny RoPE transformers with softmax, LSSA and LSSAR at length $T$ and measure the loss
+#   from $T$ to $16T$; we also apply the re-weighting to trained models without retraining,
+#   sweeping its power.
 #
 # Run time: `smoke` about 10 s, `book` (the default) about 60 s on a 2-core CPU, `full` a few
 # minutes on one GPU.
@@ -68,15 +69,16 @@ from noisefit_lib import tiny_gpt as tg
 PRESETS = {
     "smoke": {"vocab_size": 16, "period": 5, "noise": 0.1, "train_len": 16, "d_model": 16,
               "n_layer": 1, "n_head": 2, "batch_size": 16, "num_steps": 20, "lr": 1e-2,
-              "num_seeds": 2, "eval_mults": [1, 2, 4], "eval_batch": 2, "powers": [1.0, 4.0]},
+              "num_seeds": 2, "eval_mults": [1, 2, 4], "eval_batch": 2, "powers": [3.0, 15.0],
+              "train_power": 15.0},
     "book": {"vocab_size": 16, "period": 5, "noise": 0.1, "train_len": 24, "d_model": 32,
-             "n_layer": 1, "n_head": 2, "batch_size": 32, "num_steps": 400, "lr": 1e-2,
+             "n_layer": 1, "n_head": 2, "batch_size": 32, "num_steps": 320, "lr": 1e-2,
              "num_seeds": 3, "eval_mults": [1, 2, 4, 8, 16], "eval_batch": 8,
-             "powers": [1.0, 2.0, 4.0, 8.0]},
+             "powers": [1.0, 3.0, 15.0], "train_power": 15.0},
     "full": {"vocab_size": 32, "period": 7, "noise": 0.1, "train_len": 64, "d_model": 64,
              "n_layer": 2, "n_head": 4, "batch_size": 64, "num_steps": 3000, "lr": 3e-3,
              "num_seeds": 5, "eval_mults": [1, 2, 4, 8, 16], "eval_batch": 32,
-             "powers": [1.0, 2.0, 4.0, 8.0, 16.0]},
+             "powers": [1.0, 3.0, 8.0, 15.0, 30.0], "train_power": 15.0},
 }
 cfg = runtime.resolve("softplus_attention", PRESETS, preset, seed=seed, device=device,
                       num_steps=num_steps, num_seeds=num_seeds)
@@ -97,9 +99,11 @@ print(cfg.summary())
 # of them, so the share of the one key that matters shrinks as $N$ grows: a model trained on
 # short sequences sees its attention *dilute* on long ones. The paper answers this twice: a scale
 # factor that grows with $N$ (from an entropy-invariance argument), and a re-weighting stage that
-# raises the weights above the average and cuts the rest, applied to a trained model without any
-# retraining. The claim is about length extrapolation, so our experiment trains at one length and
-# evaluates at up to 16 times that length.
+# raises the weights above the average and cuts the rest. The first arXiv versions present the
+# re-weighting as "fine-tuning-free", applied to a trained model; the later version uses it as
+# part of the attention during training. We test both uses. The claim is about length
+# extrapolation, so our experiment trains at one length and evaluates at up to 16 times that
+# length.
 
 # %% [markdown]
 # ## The math
@@ -107,68 +111,92 @@ print(cfg.summary())
 # ### One recipe, three normalisers
 #
 # With a causal mask, query $i$ (counting from 1) sees the $N_i = i$ keys $j \le i$. Every
-# normaliser in this chapter is a positivity map $\varphi$ followed by an $\ell_1$ normalisation:
+# normaliser in this chapter is a positivity map $\varphi_i$ of a score $x_{ij}$, followed by an
+# $\ell_1$ normalisation:
 #
 # $$
-# A_{ij} = \frac{\varphi_i(s_{ij})}{\sum_{j' \le i} \varphi_i(s_{ij'})}, \qquad
-# s_{ij} = \frac{q_i^\top k_j}{\sqrt d}, \qquad j \le i .
+# A_{ij} = \frac{\varphi_i(x_{ij})}{\sum_{j' \le i} \varphi_i(x_{ij'})}, \qquad j \le i .
 # $$ (eq-softplus-attention-recipe)
 #
-# Softmax is $\varphi(x) = e^{x}$. Length-scaled softplus attention (LSSA) is
+# Softmax is $\varphi(x) = e^{x}$ of the usual score $x_{ij} = q_i^\top k_j / \sqrt d$, with $d$ the
+# head width. Length-scaled softplus attention (LSSA) first normalises queries and keys to unit
+# length, so that its score is a cosine scaled by $\log d$, and then scales row $i$ by $\log N_i$:
 #
 # $$
+# x_{ij} = \log d \cdot \frac{q_i^\top k_j}{\lVert q_i \rVert \, \lVert k_j \rVert}, \qquad
 # \varphi_i(x) = \operatorname{softplus}(x \log N_i) = \log\left(1 + e^{x \log N_i}\right).
 # $$ (eq-softplus-attention-lssa)
 #
-# The re-weighting stage (LSSAR) takes any attention row $A_{i\cdot}$ and returns
+# The re-weighting stage (LSSAR is LSSA followed by it) takes an attention row $A_{i\cdot}$ and
+# returns
 #
 # $$
-# \tilde A_{ij} = \frac{\operatorname{ReLU}(N_i A_{ij} - 1)^{p}}
-#                      {\sum_{j' \le i} \operatorname{ReLU}(N_i A_{ij'} - 1)^{p}},
+# \tilde A_{ij} = \frac{\operatorname{ReLU}(N_i A_{ij} - O_i)^{p}}
+#                      {\sum_{j' \le i} \operatorname{ReLU}(N_i A_{ij'} - O_i)^{p}}, \qquad
+# O_i = \begin{cases} 0 & i \le 3 \\ 1 & i > 3 \end{cases},
 # $$ (eq-softplus-attention-reweight)
 #
-# with a power $p \ge 1$. Since the uniform weight is $1/N_i$, the term $N_i A_{ij} - 1$ is positive
-# exactly for the weights above average: those are kept and raised to the power $p$, the rest
-# become zero. A row with nothing above average (a uniform row, or row 1) is left unchanged.
+# with a power $p \ge 1$. Since the uniform weight is $1/N_i$, for $i > 3$ the term
+# $N_i A_{ij} - 1$ is positive exactly for the weights above average: those are kept and raised to
+# the power $p$, the rest become zero. The first three rows, which see too few keys for a
+# threshold, are only raised to the power $p$. A row with nothing above average can only be an
+# exactly uniform row, where the ratio is $0/0$; we leave such a row unchanged.
 #
 # :::{warning} Where each formula comes from
-# Equation {eq}`eq-softplus-attention-recipe` with $\varphi = \exp$ and Softplus followed by
-# $\ell_1$ normalisation are stated in the paper's abstract {cite:p}`gao2025softplus`, as are a
-# "dynamic scale factor based on invariance entropy" and a re-weighting that "amplifies
-# significant attentional weights while diminishing weaker ones" without retraining. We could not
-# read the paper's method section or its official code (`github.com/iminfine/freeatten`) from this
-# book's build environment, so **the exact forms of {eq}`eq-softplus-attention-lssa` and
-# {eq}`eq-softplus-attention-reweight` are our reconstruction, not verified against the paper**.
-# The $\log N_i$ factor is the entropy-invariance scale used for softmax by Scalable-Softmax
-# {cite:p}`nakanishi2025scalable`; the re-weighting is the simplest map with the described
-# behaviour. Exercise 3 changes both.
+# The decomposition {eq}`eq-softplus-attention-recipe` and "Softplus followed by
+# $\ell_1$-normalisation", a "dynamic scale factor based on invariance entropy" and a
+# re-weighting that "amplifies significant attentional weights while diminishing weaker ones" are
+# in the paper's abstract {cite:p}`gao2025softplus`. We could not read the paper's method section
+# (arXiv 2501.13428, or the ICML 2026 version in PMLR volume 306) or its official code
+# (`github.com/iminfine/freeatten`, no copy reachable from this book's build environment).
+# The exact forms of {eq}`eq-softplus-attention-lssa` and {eq}`eq-softplus-attention-reweight`
+# therefore come from three secondary sources that agree with each other:
+# - the ICLR 2026 OpenReview reviews of the submission, which quote its definitions: the scale
+#   "depends on the sequence length and model dimension", "$N$ is an $L \times L$ matrix where each
+#   element in row $i$ is equal to $i$", a $\log N$ scale in the LSSA equation (its Eq. 4), and a
+#   "shifted ReLU-$p$" re-weighting with $N$ and an offset matrix $O$ followed by an $\ell_1$
+#   normalisation (its Eq. 5); LSSA includes a query-key normalisation;
+# - a detailed summary of the ICML 2026 paper (papernotes.org), which gives
+#   $A = \operatorname{Softplus}((\log d \cdot \log N) \odot QK^\top)$ after $\ell_2$-normalising the
+#   rows of $Q$ and $K$, then $\operatorname{ReLU}^p(A \odot N - O)$ with $O$ all ones except its
+#   first 3 rows, each followed by an $\ell_1$ normalisation, and the powers $p = 3$ and $p = 15$;
+# - an independent re-implementation (`On-Point-RND/transformer-architecture-generalization`,
+#   `models/lssa.py` and `models/lssar.py`), which computes exactly this, with $p = 15$ by default.
+#
+# So **these two formulas are verified against secondary sources only, not against the paper's
+# text or official code**. Our one addition is the rule for exactly uniform rows (the sources
+# divide by a zero row sum there, or add a small $\epsilon$ and return a zero row). Exercise 3
+# changes both formulas.
 # :::
 #
 # ### Why a $\log N$ scale
 #
-# Take a row with one relevant key at score $s^{+} > 0$ and $N - 1$ distractors at score
-# $s^{-} < 0$. Softmax gives the relevant key the weight
+# Take a row with one relevant key at score $x^{+} > 0$ and $N - 1$ distractors at score
+# $x^{-} < 0$. Softmax gives the relevant key the weight
 #
 # $$
-# a^{+}_{\mathrm{softmax}} = \frac{e^{s^{+}}}{e^{s^{+}} + (N-1) e^{s^{-}}}
+# a^{+}_{\mathrm{softmax}} = \frac{e^{x^{+}}}{e^{x^{+}} + (N-1) e^{x^{-}}}
 #   \xrightarrow[N \to \infty]{} 0 ,
 # $$ (eq-softplus-attention-dilution)
 #
 # like $1/N$. With the scale, each distractor contributes
-# $\operatorname{softplus}(s^{-} \log N) \approx e^{s^{-} \log N} = N^{s^{-}}$, so together the
-# distractors weigh about $N^{1 + s^{-}}$ against $\operatorname{softplus}(s^{+} \log N) \approx
-# s^{+} \log N$ for the relevant key.
+# $\operatorname{softplus}(x^{-} \log N) \approx e^{x^{-} \log N} = N^{x^{-}}$, so together the
+# distractors weigh about $N^{1 + x^{-}}$ against $\operatorname{softplus}(x^{+} \log N) \approx
+# x^{+} \log N$ for the relevant key. In LSSA the score is a cosine times $\log d$, so
+# $|x| \le \log d$: a distractor must point away from the query by a cosine below $-1/\log d$
+# ($-0.36$ for $d = 16$) for its weight to vanish. The bound also means that Softplus cannot
+# overflow or underflow at any practical length.
 #
 # **Claim 1:** every normaliser {eq}`eq-softplus-attention-recipe`–{eq}`eq-softplus-attention-reweight`
 # returns causal probability rows: non-negative, zero on future keys, summing to one.
 #
-# **Claim 2:** if $s^{-} < -1$, the LSSA weight of the relevant key tends to 1 as $N$ grows, while
-# the softmax weight {eq}`eq-softplus-attention-dilution` tends to 0. If $-1 < s^{-} < 0$, the
-# distractors' total grows like $N^{1+s^-}$ and LSSA dilutes too, only more slowly than softmax.
+# **Claim 2:** if $x^{-} < -1$, the LSSA weight of the relevant key tends to 1 as $N$ grows, while
+# the softmax weight {eq}`eq-softplus-attention-dilution` tends to 0. If $-1 < x^{-} < 0$, the
+# distractors' total grows like $N^{1+x^-}$ and LSSA dilutes too, only more slowly than softmax.
 #
 # **Claim 3:** re-weighting keeps the order of the weights in a row, sets every weight at or
-# below $1/N_i$ to zero, and its entropy falls as $p$ grows (towards a one-hot row at the
-# largest weight).
+# below $1/N_i$ to zero (rows $i > 3$), and its entropy falls as $p$ grows (towards a one-hot row
+# at the largest weight).
 #
 # **Claim 4 (the paper's):** with LSSA plus re-weighting, the validation loss stays nearly
 # constant from the training length to 16 times it, while softmax attention's loss grows.
@@ -178,8 +206,8 @@ print(cfg.summary())
 #
 # | symbol | code |
 # |---|---|
-# | $s_{ij}$ | `scores` (B, H, T, T) |
-# | $N_i$ | `n_keys` (T, 1) |
+# | $x_{ij}$ | `scores` (B, H, T, T) |
+# | $N_i$, $O_i$ | `n_keys` (T, 1), `offset` (T, 1) |
 # | $A_{ij}$, $\tilde A_{ij}$ | `weights`, `sharpened` |
 # | $p$ | `power` |
 #
@@ -205,16 +233,23 @@ scores = torch.tensor([[[[0.5, 9.0, 9.0], [1.0, 2.0, 9.0], [0.0, 1.0, 2.0]]]])  
 print(softmax_weights(scores)[0, 0])
 
 # %% [markdown]
-# LSSA {eq}`eq-softplus-attention-lssa` multiplies row $i$ by $\log N_i$ before the Softplus:
+# LSSA {eq}`eq-softplus-attention-lssa` in two steps: the positivity map multiplies row $i$ by
+# $\log N_i$ before the Softplus, and the scores are cosines times $\log d$:
 
 # %%
-def lssa_weights(scores: torch.Tensor) -> torch.Tensor:
-    """Length-scaled softplus attention: softplus(s_ij log N_i), then l1 per row."""
+def lssa_from_scores(scores: torch.Tensor) -> torch.Tensor:
+    """softplus(x_ij log N_i), then l1 per row, for given scores x (B, H, T, T)."""
     n_keys = torch.arange(1, scores.shape[-1] + 1, dtype=scores.dtype).unsqueeze(-1)  # (T, 1)
     return normalise_rows(F.softplus(scores * torch.log(n_keys)))
 
 
-print(lssa_weights(scores)[0, 0])
+def lssa_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """LSSA from queries and keys (B, H, T, d): scores log(d) * cosine(q_i, k_j)."""
+    cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    return lssa_from_scores(math.log(q.shape[-1]) * cosine)
+
+
+print(lssa_from_scores(scores)[0, 0])
 
 # %% [markdown]
 # Row 1 sees one key, so $\log N_1 = 0$ and its only weight is 1 whatever the score. The
@@ -223,22 +258,27 @@ print(lssa_weights(scores)[0, 0])
 
 # %%
 def reweight_rows(weights: torch.Tensor, power: float) -> torch.Tensor:
-    """relu(N_i A_ij - 1)^p, l1-normalised; rows with nothing above 1/N_i are kept as they are."""
+    """relu(N_i A_ij - O_i)^p, l1-normalised (O_i = 0 for the first 3 rows, else 1).
+
+    An exactly uniform row (nothing above average) would be 0/0 and is returned unchanged.
+    """
     n_keys = torch.arange(1, weights.shape[-1] + 1, dtype=weights.dtype).unsqueeze(-1)
-    excess = F.relu(n_keys * weights - 1.0)
+    offset = (n_keys > 3).to(weights.dtype)
+    excess = F.relu(n_keys * weights - offset)
     excess = (excess / excess.amax(dim=-1, keepdim=True).clamp_min(1e-30)) ** power
     total = excess.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, excess / total.clamp_min(1e-30), weights)
 
 
-print(reweight_rows(lssa_weights(scores), power=2.0)[0, 0])
+scores4 = torch.tensor([[[[0.0] * 4, [1.0, 0.0, 0, 0], [1.0, 0.5, 0.0, 0], [2.0, 1.0, 0.5, 0.0]]]])
+print(lssa_from_scores(scores4)[0, 0, -1], reweight_rows(lssa_from_scores(scores4), 2.0)[0, 0, -1])
 
 # %% [markdown]
 # The model is `noisefit_lib.tiny_gpt.TinyGPT`: a small pre-norm decoder with rotary position
 # embeddings (RoPE, as in the paper's GPT-2 experiments) whose attention normaliser is a function
 # of the queries and keys. The library holds the same three normalisers; the Checks prove that
 # they equal the ones above. `tg.set_normaliser` swaps the normaliser of a trained model, which is
-# how re-weighting is applied without retraining.
+# how we apply re-weighting without retraining.
 
 # %%
 def lssar(power: float) -> tg.Normaliser:
@@ -261,16 +301,17 @@ g = runtime.stream(cfg.seed, "checks")
 q, k = torch.randn(2, 2, 40, 8, generator=g), torch.randn(2, 2, 40, 8, generator=g)
 scores = q @ k.transpose(-2, -1) / math.sqrt(8)
 torch.testing.assert_close(softmax_weights(scores), tg.softmax_attention(q, k))
-torch.testing.assert_close(lssa_weights(scores), tg.NORMALISERS["lssa"](q, k))
-for power in (1.0, 3.0, 30.0):
-    torch.testing.assert_close(reweight_rows(lssa_weights(scores), power), tg.lssar_attention(q, k, power))
+torch.testing.assert_close(lssa_weights(q, k), tg.NORMALISERS["lssa"](q, k))
+for power in (1.0, 3.0, 15.0, 30.0):
+    torch.testing.assert_close(reweight_rows(lssa_weights(q, k), power), tg.lssar_attention(q, k, power))
 torch.testing.assert_close(softmax_weights(scores), F.scaled_dot_product_attention(
     q, k, torch.eye(40).expand(2, 2, 40, 40), is_causal=True))  # values = I returns the weights
 print("teaching versions == library == torch SDPA")
 
 # %% [markdown]
 # Claim 1, for the library's normalisers, on the same inputs and on extreme scores, where plain
-# $e^{x}$ would overflow:
+# $e^{x}$ would overflow. LSSA and LSSAR do not even notice: a cosine does not change when the
+# query is scaled.
 
 # %%
 for name in ("softmax", "lssa", "lssar"):
@@ -278,25 +319,12 @@ for name in ("softmax", "lssa", "lssar"):
         w = tg.get_normaliser(name)(q * size, k)
         assert torch.isfinite(w).all() and (w >= 0).all() and (w.triu(1) == 0).all(), name
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 40))
+        if name != "softmax":
+            torch.testing.assert_close(w, tg.get_normaliser(name)(q, k))
 print("claim 1: causal probability rows, also for scores of order 1e3")
 
 # %% [markdown]
-# Softplus has no shift invariance, so the max trick that protects softmax does not apply: in a
-# row whose scores are all below about $-90$, every $\operatorname{softplus}$ underflows to 0 in
-# float32 and our teaching `lssa_weights` returns $0/0$. The library therefore divides in log
-# space, as a softmax of $\log \operatorname{softplus}(x)$, which is the same ratio:
-
-# %%
-far = torch.full((1, 1, 4, 4), -200.0)
-far[..., -1, 0] = -150.0  # the last row's first key is e^50 times more likely than the rest
-print("teaching:", lssa_weights(far)[0, 0, -1].tolist())
-weights_lib = torch.softmax(tg.log_softplus(far * torch.log(torch.arange(1.0, 5.0))[:, None])
-                            .masked_fill(~tg.causal_mask(4), -math.inf), dim=-1)
-print("log space:", weights_lib[0, 0, -1].tolist())
-assert torch.isnan(lssa_weights(far)[0, 0, -1]).all() and torch.isfinite(weights_lib).all()
-
-# %% [markdown]
-# Claim 2: one relevant key against $N - 1$ distractors, for growing $N$:
+# Claim 2: one relevant key against $N - 1$ distractors, for growing $N$ (scores given directly):
 
 # %%
 def relevant_weight(fn, n: int, s_plus: float, s_minus: float) -> float:
@@ -306,33 +334,33 @@ def relevant_weight(fn, n: int, s_plus: float, s_minus: float) -> float:
     return fn(s)[0, 0, -1, -1].item()
 
 
-rows = [{"N": n, **{f"{name}, s- = {sm}": relevant_weight(fn, n, 2.0, sm)
+rows = [{"N": n, **{f"{name}, x- = {sm}": relevant_weight(fn, n, 2.0, sm)
                     for sm in (-2.0, -0.5) for name, fn in (("softmax", softmax_weights),
-                                                            ("LSSA", lssa_weights))}}
-        for n in (16, 256, 4096)]
+                                                            ("LSSA", lssa_from_scores))}}
+        for n in (16, 256, 2048)]
 report.show_table(rows, digits=3)
-assert rows[-1]["LSSA, s- = -2.0"] > rows[0]["LSSA, s- = -2.0"] > 0.5
-assert rows[-1]["softmax, s- = -2.0"] < 0.05 < rows[0]["softmax, s- = -2.0"]
-assert rows[-1]["LSSA, s- = -0.5"] > rows[-1]["softmax, s- = -0.5"]
+assert rows[-1]["LSSA, x- = -2.0"] > rows[0]["LSSA, x- = -2.0"] > 0.5
+assert rows[-1]["softmax, x- = -2.0"] < 0.05 < rows[0]["softmax, x- = -2.0"]
+assert rows[-1]["LSSA, x- = -0.5"] > rows[-1]["softmax, x- = -0.5"]
 
 # %% [markdown]
-# Claim 3: re-weighting keeps the order, removes the weights at or below average, and sharpens
-# as $p$ grows:
+# Claim 3: re-weighting keeps the order, removes the weights at or below average (rows past
+# the third), and sharpens as $p$ grows:
 
 # %%
-w = lssa_weights(scores)
+w = lssa_weights(q, k)
+n_keys = torch.arange(1, 41, dtype=w.dtype).unsqueeze(-1)
 entropies = []
-for power in (1.0, 2.0, 4.0, 16.0):
+for power in (1.0, 3.0, 15.0, 60.0):
     r = reweight_rows(w, power)
-    n_keys = torch.arange(1, 41, dtype=w.dtype).unsqueeze(-1)
-    changed = (n_keys * w > 1).any(dim=-1, keepdim=True)  # rows that are re-weighted at all
-    assert ((r == 0) | ~changed)[(n_keys * w <= 1) & (w.triu(1) == 0) & changed].all()
+    below = (n_keys * w <= 1) & (w.triu(1) == 0) & (n_keys > 3)
+    assert (r[below] == 0).all()
     kept = r > 0
     assert (torch.sign(r[..., 1:] - r[..., :-1]) == torch.sign(w[..., 1:] - w[..., :-1]))[
         kept[..., 1:] & kept[..., :-1]].all()  # order preserved among the kept weights
     entropies.append(-(r * r.clamp_min(1e-30).log()).sum(-1).mean().item())
 assert all(a > b for a, b in itertools.pairwise(entropies))
-print("claim 3: mean row entropy (nats) for p = 1, 2, 4, 16:", [report.sig(e) for e in entropies])
+print("claim 3: mean row entropy (nats) for p = 1, 3, 15, 60:", [report.sig(e) for e in entropies])
 
 # %% [markdown]
 # ## Experiment
@@ -344,15 +372,18 @@ print("claim 3: mean row entropy (nats) for p = 1, 2, 4, 16:", [report.sig(e) fo
 # only adds distractors and unseen distances, which is the regime the claim is about.
 #
 # **Models.** A {glue:text}`n_layer`-layer RoPE transformer with $d$ = {glue:text}`d_model`,
-# trained at length $T$ = {glue:text}`train_len` once with softmax attention and once with LSSA, for
-# several seeds. Each model is then evaluated at $T$, $2T$, ..., $16T$; the LSSA model also with
-# re-weighting at several powers $p$, without retraining (the paper's "fine-tuning-free" use).
-# We also record how much attention the best head puts on the source token one period back.
+# trained at length $T$ = {glue:text}`train_len` three times per seed: with softmax attention, with
+# LSSA, and with LSSAR at the power $p$ = {glue:text}`train_power` (the paper's setting for long
+# contexts, as reported by the sources above), re-weighting included in training. Each model is
+# then evaluated at $T$, $2T$, ..., $16T$; the LSSA and the softmax models also with re-weighting
+# at several powers $p$, without retraining (the early versions' "fine-tuning-free" use). We also
+# record how much attention the best head puts on the source token one period back.
 
 # %%
 _ = [report.glue(name, value) for name, value in (
     ("period", cfg.period), ("vocab", cfg.vocab_size), ("noise", cfg.noise),
-    ("n_layer", cfg.n_layer), ("d_model", cfg.d_model), ("train_len", cfg.train_len))]
+    ("n_layer", cfg.n_layer), ("d_model", cfg.d_model), ("train_len", cfg.train_len),
+    ("train_power", cfg.train_power))]
 seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
 eval_lens = [cfg.train_len * m for m in cfg.eval_mults]
 print(f"seeds {seeds}; train length {cfg.train_len}, {cfg.num_steps} steps of batch "
@@ -363,7 +394,7 @@ print(f"seeds {seeds}; train length {cfg.train_len}, {cfg.num_steps} steps of ba
 # from their own stream per (seed, length), so every variant sees the same sequences.
 
 # %%
-def train_model(normaliser: str, run_seed: int) -> tg.TinyGPT:
+def train_model(normaliser: tg.Normaliser | str, run_seed: int) -> tg.TinyGPT:
     """Train a TinyGPT with the given normaliser on periodic-copy sequences of train_len."""
     data = runtime.stream(run_seed, "data")
     model = tg.TinyGPT(model_cfg, normaliser=normaliser,
@@ -403,8 +434,10 @@ from tqdm import tqdm
 runs = []
 for run_seed in tqdm(seeds, desc="seeds"):
     softmax_model, lssa_model = train_model("softmax", run_seed), train_model("lssa", run_seed)
+    lssar_model = train_model(lssar(cfg.train_power), run_seed)
     run = {"seed": run_seed, "softmax": evaluate(softmax_model, "softmax", run_seed),
-           "lssa": evaluate(lssa_model, "lssa", run_seed)}
+           "lssa": evaluate(lssa_model, "lssa", run_seed),
+           "lssar trained": evaluate(lssar_model, lssar(cfg.train_power), run_seed)}
     for power in cfg.powers:
         run[f"lssar p={power:g}"] = evaluate(lssa_model, lssar(power), run_seed)
         run[f"softmax + re-weighting p={power:g}"] = evaluate(
@@ -435,10 +468,12 @@ def summarise(runs: list[dict], metric: str) -> dict[str, list[tuple[float, floa
 loss_summary, mass_summary = summarise(runs, "loss"), summarise(runs, "source_mass")
 loss_at_16 = {v: s[-1][0] for v, s in loss_summary.items()}
 best_power = min(cfg.powers, key=lambda p: loss_at_16[f"lssar p={p:g}"])
-main = {"softmax": "softmax", "lssa": "LSSA", f"lssar p={best_power:g}": f"LSSAR (p = {best_power:g})"}
+main = {"softmax": "softmax", "lssa": "LSSA",
+        "lssar trained": f"LSSAR (p = {cfg.train_power:g}, trained)",
+        f"lssar p={best_power:g}": f"LSSA + re-weighting (p = {best_power:g}, not trained)"}
 print("power with the lowest loss at the longest length:", best_power)
 
-# %% mystnb={"figure": {"caption": "Left: validation loss against evaluation length for the softmax model, the LSSA model, and the LSSA model re-weighted with the best power (no retraining); the dotted line is the training length. Right: loss at the longest length against the re-weighting power p, for the LSSA and the softmax model, with the un-reweighted models as horizontal lines. Mean and 95 % CI over the seeds in the recap.", "name": "fig-softplus-attention-loss"}}
+# %% mystnb={"figure": {"caption": "Left: validation loss against evaluation length for the models trained with softmax, LSSA and LSSAR (re-weighting in training), and for the LSSA model re-weighted after training with the best power; the dotted line is the training length. Right: loss at the longest length against the power p of re-weighting applied after training, to the LSSA and to the softmax model (the un-reweighted models as horizontal lines), and of the model trained with LSSAR (one point). Mean and 95 % CI over the seeds in the recap.", "name": "fig-softplus-attention-loss"}}
 fig, (ax_len, ax_p) = plt.subplots(1, 2, figsize=(10, 3.6))
 for i, (variant, label) in enumerate(main.items()):
     mean, ci = np.array(loss_summary[variant]).T
@@ -455,6 +490,9 @@ for i, (prefix, base) in enumerate((("lssar p=", "lssa"), ("softmax + re-weighti
     ax_p.errorbar(cfg.powers, mean, yerr=np.nan_to_num(ci), capsize=3,
                   label=f"{main[base]} + re-weighting", **style)
     ax_p.axhline(loss_at_16[base], color=style["color"], linestyle=":", linewidth=1)
+mean, ci = loss_summary["lssar trained"][-1]
+ax_p.errorbar([cfg.train_power], [mean], yerr=[np.nan_to_num(ci)], capsize=3,
+              label=main["lssar trained"], **{**plotting.style(2), "linestyle": "none"})
 ax_p.set_xscale("log", base=2)
 ax_p.set_xlabel("re-weighting power p")
 ax_p.set_ylabel(f"loss at {eval_lens[-1]} tokens (nats/token)")
@@ -499,70 +537,126 @@ table_rows = [{"variant": label, f"loss at {eval_lens[0]} (nats)": pm(loss_summa
 report.show_table(table_rows)
 
 # %%
-lssar_key = f"lssar p={best_power:g}"
+inference_key = f"lssar p={best_power:g}"
 ratios = {v: ratio_ci(v)[0] for v in main}
-gap_long = stats.paired_ci([r[lssar_key]["loss"][-1] for r in runs],
+gap_long = stats.paired_ci([r["lssar trained"]["loss"][-1] for r in runs],
                            [r["softmax"]["loss"][-1] for r in runs])
+gap_long_inf = stats.paired_ci([r[inference_key]["loss"][-1] for r in runs],
+                               [r["softmax"]["loss"][-1] for r in runs])
+gap_long_lssa = stats.paired_ci([r["lssa"]["loss"][-1] for r in runs],
+                               [r["softmax"]["loss"][-1] for r in runs])
 gap_short = stats.paired_ci([r["lssa"]["loss"][0] for r in runs],
                             [r["softmax"]["loss"][0] for r in runs])
-_ = report.glue("softmax_ratio", ratios["softmax"])
-_ = report.glue("lssa_ratio", ratios["lssa"])
-_ = report.glue("lssar_ratio", ratios[lssar_key])
-_ = report.glue("best_power", best_power)
-_ = report.glue("num_seeds", len(seeds))
-_ = report.glue("gap_long", gap_long[0])
-_ = report.glue("gap_long_ci", gap_long[1])
-_ = report.glue("gap_short", gap_short[0])
-_ = report.glue("gap_short_ci", gap_short[1])
-_ = report.glue("eval_max", eval_lens[-1])
-_ = report.glue("mass_softmax_long", mass_summary["softmax"][-1][0])
-_ = report.glue("mass_softmax_short", mass_summary["softmax"][0][0])
-print({v: report.sig(r) for v, r in ratios.items()}, "LSSAR - softmax at the longest length:",
-      report.sig(gap_long[0]), "±", report.sig(gap_long[1], 2))
+gap_lssar_lssa = stats.paired_ci([r["lssar trained"]["loss"][-1] for r in runs],
+                                 [r["lssa"]["loss"][-1] for r in runs])
+gap_short_lssar = stats.paired_ci([r["lssar trained"]["loss"][0] for r in runs],
+                                  [r["softmax"]["loss"][0] for r in runs])
+for name, value in (("softmax_ratio", ratios["softmax"]), ("lssa_ratio", ratios["lssa"]),
+                    ("lssar_ratio", ratios["lssar trained"]),
+                    ("lssar_inf_ratio", ratios[inference_key]), ("best_power", best_power),
+                    ("num_seeds", len(seeds)), ("gap_long", gap_long[0]),
+                    ("gap_long_ci", gap_long[1]), ("gap_long_inf", gap_long_inf[0]),
+                    ("gap_long_inf_ci", gap_long_inf[1]), ("gap_long_lssa", gap_long_lssa[0]),
+                    ("gap_long_lssa_ci", gap_long_lssa[1]), ("gap_short", gap_short[0]),
+                    ("gap_short_ci", gap_short[1]), ("gap_short_lssar", gap_short_lssar[0]),
+                    ("gap_short_lssar_ci", gap_short_lssar[1]), ("eval_max", eval_lens[-1]),
+                    ("mass_softmax_long", mass_summary["softmax"][-1][0]),
+                    ("mass_softmax_short", mass_summary["softmax"][0][0]),
+                    ("mass_lssar_long", mass_summary["lssar trained"][-1][0]),
+                    ("mass_lssar_short", mass_summary["lssar trained"][0][0])):
+    _ = report.glue(name, value)
+
+
+def compared(gap: tuple[float, float], other: str) -> str:
+    """Words for a paired difference 'a - b' with its 95 % CI half-width."""
+    if gap[0] + gap[1] < 0:
+        return f"lower than {other}"
+    if gap[0] - gap[1] > 0:
+        return f"higher than {other}"
+    return f"not distinguishable from {other} (the interval includes 0)"
+
+
+_ = report.glue("lssa_long_words", compared(gap_long_lssa, "softmax's"))
+_ = report.glue("lssa_short_words", compared(gap_short, "softmax's"))
+_ = report.glue("lssar_lssa_words", compared(gap_lssar_lssa, "LSSA's"))
+_ = report.glue("mildest_words", "the mildest power we tried" if best_power == min(cfg.powers)
+                else "not the mildest power we tried")
+print({v: report.sig(r) for v, r in ratios.items()})
+for label, (mean, ci) in (("LSSAR trained - softmax, longest", gap_long),
+                          ("LSSA re-weighted - softmax, longest", gap_long_inf),
+                          ("LSSA - softmax, longest", gap_long_lssa),
+                          ("LSSAR trained - LSSA, longest", gap_lssar_lssa),
+                          ("LSSA - softmax, training length", gap_short),
+                          ("LSSAR trained - softmax, training length", gap_short_lssar)):
+    print(f"{label}: {report.sig(mean)} ± {report.sig(ci, 2)}")
 
 # %% [markdown]
 # Over {glue:text}`num_seeds` seeds, the loss at {glue:text}`eval_max` tokens was
 # {glue:text}`softmax_ratio` times the loss at the training length for softmax,
-# {glue:text}`lssa_ratio` times for LSSA and {glue:text}`lssar_ratio` times for LSSA re-weighted with
-# the best power, $p$ = {glue:text}`best_power`. At the longest length, LSSAR minus softmax was
-# {glue:text}`gap_long` ± {glue:text}`gap_long_ci` nats per token (paired over seeds); at the
-# training length, LSSA minus softmax was {glue:text}`gap_short` ± {glue:text}`gap_short_ci`.
+# {glue:text}`lssa_ratio` times for LSSA, {glue:text}`lssar_ratio` times for the model trained with
+# LSSAR ($p$ = {glue:text}`train_power`), and {glue:text}`lssar_inf_ratio` times for the LSSA model
+# re-weighted after training with the best power, $p$ = {glue:text}`best_power`. Paired over seeds,
+# in nats per token at the longest length, LSSA minus softmax was {glue:text}`gap_long_lssa` ±
+# {glue:text}`gap_long_lssa_ci`, trained LSSAR minus softmax {glue:text}`gap_long` ±
+# {glue:text}`gap_long_ci`, and re-weighted LSSA minus softmax {glue:text}`gap_long_inf` ±
+# {glue:text}`gap_long_inf_ci`. At the training length, LSSA minus softmax was
+# {glue:text}`gap_short` ± {glue:text}`gap_short_ci` and trained LSSAR minus softmax
+# {glue:text}`gap_short_lssar` ± {glue:text}`gap_short_lssar_ci`.
 #
-# The second figure shows where the loss goes: the softmax model's attention on the source token
-# falls from {glue:text}`mass_softmax_short` at the training length to
-# {glue:text}`mass_softmax_long` at the longest length. Re-weighting can only help when the right
-# key still holds the largest weight and the loss comes from many small ones. Here the best power
-# was the mildest one we tried, which suggests the opposite case: a few wrong keys, plausibly at
-# distances never seen in training where RoPE rotations score high, already outweigh the source
-# token, and sharpening amplifies them (we did not verify this reading key by key; exercise 4 and
-# the figure's right panel are the place to start).
+# So in this setting, at the longest length LSSA's loss was {glue:text}`lssa_long_words`, and at
+# the training length it was {glue:text}`lssa_short_words`. Trained with $p$ =
+# {glue:text}`train_power`, LSSAR's loss at the longest length was {glue:text}`lssar_lssa_words`;
+# applied after training, the best re-weighting power was {glue:text}`mildest_words`.
+#
+# The second figure shows where the loss goes. Every model's attention on the source token falls with length
+# (softmax: from {glue:text}`mass_softmax_short` at the training length to
+# {glue:text}`mass_softmax_long` at the longest; trained LSSAR: from {glue:text}`mass_lssar_short`
+# to {glue:text}`mass_lssar_long`). Re-weighting can only help when the right key still holds the
+# largest weight and the loss comes from many small ones. The right panel of the first figure
+# suggests the opposite case: a few wrong keys, plausibly at distances never seen in training
+# where RoPE rotations score high, outweigh the source token, and sharpening amplifies them (we
+# did not verify this reading key by key; exercise 4 is the place to start). The paper's evaluation is
+# different in kind: language text, where many keys carry some information, GPT-2-sized models
+# and far longer contexts.
 
 # %% [markdown]
 # ## What the paper reports vs what we measured
 
 # %%
-flat = ratios[lssar_key] <= 1.1 and ratios["softmax"] > 1.3
-better = gap_long[0] + gap_long[1] < 0
-verdict_flat = "reproduced" if flat else "direction only" if better else "not at this scale"
+def verdict_flat_for(key: str, gap: tuple[float, float]) -> str:
+    """'reproduced' if the variant's loss stays within 10 % to the longest length while softmax's
+    grows by 30 %; 'direction only' if it is only significantly below softmax there."""
+    if ratios[key] <= 1.1 and ratios["softmax"] > 1.3:
+        return "reproduced"
+    if gap[0] + gap[1] < 0:
+        return "direction only"
+    return "contradicted" if gap[0] - gap[1] > 0 else "not at this scale"
+
+
+verdict_flat = verdict_flat_for("lssar trained", gap_long)
+verdict_flat_inf = verdict_flat_for(inference_key, gap_long_inf)
 lssa_better = gap_short[0] + gap_short[1] < 0
 verdict_lssa = "reproduced" if lssa_better else (
     "contradicted" if gap_short[0] - gap_short[1] > 0 else "not at this scale")
 _ = report.glue("verdict_flat", verdict_flat)
+_ = report.glue("verdict_flat_inf", verdict_flat_inf)
 _ = report.glue("verdict_lssa", verdict_lssa)
-print(verdict_flat, "|", verdict_lssa)
+print(verdict_flat, "|", verdict_flat_inf, "|", verdict_lssa)
 
 # %% [markdown]
 # | claim | paper {cite:p}`gao2025softplus` | ours, `book` | ours, `full` | verdict (`book`) |
 # |---|---|---|---|---|
-# | LSSAR keeps the loss nearly flat to 16× the training length; softmax's grows | GPT-2-small-type models with RoPE (abstract; numbers not verified) | loss ratio 16× / 1×: softmax {glue:text}`softmax_ratio`, LSSA {glue:text}`lssa_ratio`, LSSAR {glue:text}`lssar_ratio` | {glue:text}`full_ratios` | {glue:text}`verdict_flat` |
+# | LSSAR keeps the loss nearly flat to 16× the training length; softmax's grows | GPT-2-small-type models with RoPE (abstract; the paper's numbers not verified) | loss ratio 16× / 1×: softmax {glue:text}`softmax_ratio`, LSSA {glue:text}`lssa_ratio`, LSSAR trained with $p$ = {glue:text}`train_power`: {glue:text}`lssar_ratio`; LSSAR − softmax at 16×: {glue:text}`gap_long` ± {glue:text}`gap_long_ci` nats | {glue:text}`full_ratios` | {glue:text}`verdict_flat` |
+# | re-weighting works without retraining ("fine-tuning-free", early arXiv versions) | abstract of v1 and v2 | LSSA re-weighted after training ($p$ = {glue:text}`best_power`): ratio {glue:text}`lssar_inf_ratio`; minus softmax at 16×: {glue:text}`gap_long_inf` ± {glue:text}`gap_long_inf_ci` nats | see above | {glue:text}`verdict_flat_inf` |
 # | LSSA outperforms softmax attention | abstract | LSSA − softmax at the training length: {glue:text}`gap_short` ± {glue:text}`gap_short_ci` nats | {glue:text}`full_gap_short` | {glue:text}`verdict_lssa` |
-# | numerically stable | abstract | checked: finite rows for scores of order $10^3$ | — | reproduced |
+# | numerically stable | abstract | checked: finite rows for scores of order $10^3$; LSSA's scores are bounded by construction | — | reproduced |
 #
 # Our setting differs from the paper's in every size: a {glue:text}`n_layer`-layer model of width
 # {glue:text}`d_model` trained for minutes on a copy language, against GPT-2-scale language models.
 # Two of our choices also differ by construction: the exact scale and re-weighting formulas are
-# reconstructed (see the warning in {ref}`ch-softplus-attention`'s math section), and in our task
-# the one useful key sits at a fixed distance, so a model must rely on RoPE at distances it never
+# verified only against secondary sources (see the warning in {ref}`ch-softplus-attention`'s math
+# section), and in our task the one useful key sits at a fixed distance, so a model must rely on
+# RoPE at distances it never
 # saw. The verdicts say what this small experiment shows, not what the method does at scale.
 
 # %% [markdown]
@@ -597,28 +691,36 @@ _ = report.glue("full_gap_short", full_gap_short)
 # %% [markdown]
 # ## Summary
 #
-# - Softmax is exp followed by $\ell_1$ normalisation; LSSA swaps exp for Softplus of scores scaled by
-#   $\log N_i$, and re-weighting sharpens any attention row without retraining.
+# - Softmax is exp followed by $\ell_1$ normalisation; LSSA swaps exp for Softplus of cosine
+#   scores scaled by $\log d \cdot \log N_i$, and re-weighting sharpens an attention row by
+#   keeping and powering its above-average weights.
 # - The $\log N$ scale provably stops dilution by many weak distractors (claim 2), and the
 #   re-weighting provably sharpens (claim 3); both checked numerically.
-# - In our tiny RoPE models, neither kept the loss flat to 16× the training length (verdict:
-#   {glue:text}`verdict_flat`): the failure here comes from a few strong, wrong keys at unseen
-#   distances, which sharpening amplifies rather than removes.
+# - In our tiny RoPE models, the loss at 16× the training length was {glue:text}`softmax_ratio`
+#   times the in-length loss for softmax, {glue:text}`lssa_ratio` for LSSA and
+#   {glue:text}`lssar_ratio` for trained LSSAR (verdict for LSSAR: {glue:text}`verdict_flat`);
+#   LSSA's long-range loss was {glue:text}`lssa_long_words`. Where sharpening fails here, a few
+#   strong, wrong keys at unseen distances are the likely cause: it amplifies them.
+# - The LSSA and LSSAR formulas are checked against secondary sources only (the warning in the
+#   math section); the paper's own text and code were out of reach.
 #
 # ## Exercises
 #
-# 1. *Why* does re-weighting leave row 1 and uniform rows unchanged, and what would go wrong
-#    without that rule?
-# 2. *Change the code:* train with `normaliser=lssar(2.0)` from the start instead of applying it
-#    after training. Does the loss curve flatten?
-# 3. *Change the code:* replace $\log N_i$ by $\log N_i / \log T$ (equal to 1 at the training length)
-#    and the offset 1 in {eq}`eq-softplus-attention-reweight` by 2. Which of the two matters more here?
+# 1. *Why* does the re-weighting use the offset $O_i = 0$ on the first three rows? What would
+#    $O_1 = 1$ do to row 1?
+# 2. *Change the code:* train LSSAR with $p = 3$ (the power the sources report as best at the
+#    training length) instead of {glue:text}`train_power`. Does the loss curve flatten?
+# 3. *Change the code:* drop the cosine normalisation from LSSA (use $q_i^\top k_j/\sqrt d$ as the
+#    score, as softmax does) and, separately, set the offset in
+#    {eq}`eq-softplus-attention-reweight` to 2. Which of the two matters more here?
 # 4. *Run a regime:* `make run NB=notebooks/part2_softmax/10_softplus_attention.ipynb PRESET=book
 #    ARGS="-p num_steps 1500"`: does a longer-trained model extrapolate better or worse?
 #
 # :::{dropdown} Hint for exercise 1
-# Row 1 has $N_1 A_{11} - 1 = 0$, and a uniform row has $N_i A_{ij} - 1 = 0$ everywhere: the
-# numerator and the denominator of {eq}`eq-softplus-attention-reweight` are both zero.
+# Row 1 has $N_1 A_{11} = 1$, so with $O_1 = 1$ both the numerator and the denominator of
+# {eq}`eq-softplus-attention-reweight` are zero. Rows 2 and 3 see only two or three keys, and
+# early in training their weights are close to uniform, so a threshold at the average would zero
+# most of them.
 # :::
 #
 # ## Further reading
