@@ -1,0 +1,969 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (ch-noisefit-on-your-model)=
+# # NoiseFiT on your own model
+#
+# **Claim.** NoiseFiT is a recipe for fine-tuning an existing pretrained language model, with
+# LoRA, that "significantly reduces hallucination rates" compared with standard fine-tuning
+# {cite:p}`khadangi2025noise`. The earlier chapters took the method apart; this one uses it the way
+# you would on your own model, and measures what it does to a checkpoint whose facts we can check.
+#
+# In this chapter we
+# - save a small checkpoint to a folder and load it back with `from_pretrained(name_or_path)`, the
+#   same call that loads a model from the Hugging Face hub (one line changes);
+# - choose the noisy layers with v1's SNR and with v2's automatic calibration, and look inside
+#   the `NoiseInjector` that adds the noise;
+# - train with `NoiseFiTTrainer`, a `transformers.Trainer`: per-term loss logging, checkpoints and
+#   resuming, LoRA through `peft`;
+# - run the command line on a CSV file (`train`, then `predict`), see what a bad file gives, and
+#   show the `accelerate launch` command for several GPUs;
+# - compare plain fine-tuning (SFT) with NoiseFiT on the checkpoint's own facts.
+#
+# This chapter is the executed companion of the library's manual, {doc}`/book/noisefit_library`,
+# which lists every option; here each step runs.
+#
+# Run time, measured as CPU time on the project's shared 2-core CPU: `smoke` about 20 s (half of
+# it importing `torch`, `transformers` and `peft`), `book` (the default) about 60 s once chapter 1
+# has cached the base model, a third of it in the two command-line processes, and about 45 s more
+# with an empty cache (pretraining the base model). `full` (not yet run) should take 3-4 minutes on one GPU, plus the `full`
+# base model's pretraining if chapter 1 has not cached it.
+
+# %% tags=["remove-cell"]
+# Colab or a bare Jupyter: install this book's own version of noisefit_lib; a no-op where it
+# is importable (a local clone, CI).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("noisefit_lib") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
+                   check=True)
+
+# %% tags=["parameters"]
+preset = "book"  # smoke | book | full
+seed = 0  # seeds the base model, the noisy labels and the fine-tuning runs
+device = "auto"  # auto | cpu | cuda
+n_seeds = None  # fine-tuning seeds of the experiment, seed, seed+1, ... (None: the preset's)
+steps = None  # optimiser steps of each experiment run (None: the preset's)
+noise_std = None  # NoiseFiT's sigma (None: the library default 0.1)
+accelerate = None  # run the two-process `accelerate launch` demo (None: the preset's)
+
+# %%
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+with warnings.catch_warnings():  # tqdm's "IProgress not found" names a local path: not stored
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+from noisefit_lib import facts, plotting, report, runtime, stats, tiny_lm
+from noisefit_lib.noisefit import calibrate, cli, data, inject, noise
+from noisefit_lib.noisefit import layers as nf_layers
+from noisefit_lib.noisefit.trainer import STATE_FILE, NoiseFiTConfig, NoiseFiTTrainer
+
+hf_logging.set_verbosity_error()  # no info lines from transformers in the stored outputs
+hf_logging.disable_progress_bar()
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+PRESETS = {
+    "smoke": {"n_seeds": 1, "steps": 4, "demo_steps": 2, "cli_steps": 2, "batch_size": 16,
+              "lr": 3e-4, "k": 1, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": False,
+              "cli_subprocess": False},
+    "book": {"n_seeds": 2, "steps": 50, "demo_steps": 8, "cli_steps": 10, "batch_size": 16,
+             "lr": 3e-4, "k": 1, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": False,
+             "cli_subprocess": True},
+    "full": {"n_seeds": 3, "steps": 400, "demo_steps": 20, "cli_steps": 40, "batch_size": 32,
+             "lr": 3e-4, "k": 3, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": True,
+             "cli_subprocess": True},
+}
+cfg = runtime.resolve("noisefit_on_your_model", PRESETS, preset, seed=seed, device=device,
+                      n_seeds=n_seeds, steps=steps, noise_std=noise_std, accelerate=accelerate)
+plotting.use_house_style()
+print(cfg.summary())
+
+# %% [markdown]
+# ## The idea
+#
+# To fine-tune your model with NoiseFiT you need four things: a causal language model that
+# `transformers` can load, prompt-response pairs, a choice of which decoder blocks get noise, and
+# a training loop that runs one clean and two noisy forward passes per step and mixes their losses.
+# The library packages the last two as a `Trainer` subclass, so everything `Trainer` does
+# (checkpoints, resuming, logging, LoRA models, several processes) works unchanged, and as a
+# command line that reads a CSV file.
+#
+# A real model would need a download and a GPU. So the chapter starts from Part I's base model,
+# saves it as an ordinary `save_pretrained` folder, and from then on treats it exactly like a hub
+# model: everything below loads it by name. Its facts are known ({ref}`ch-world-we-can-check`), so we can also
+# score what fine-tuning did to them, which a real model would not let us do.
+
+# %% [markdown]
+# ## The math
+#
+# For a batch with labels $y$, the clean logits $z_c$ and the logits $z_1, z_2$ of two passes with
+# noise on the chosen blocks, NoiseFiT's loss is
+#
+# $$
+# \mathcal L = \alpha\,\mathrm{CE}(z_c, y)
+# + (1-\alpha)\,\tfrac12 \sum_{j=1}^{2} \mathrm{KL}\big(p_c^{T} \,\|\, p_j\big)
+# + \lambda\, \mathrm{KL}\big(p_2 \,\|\, p_1\big),
+# $$ (eq-noisefit-on-your-model-loss)
+#
+# with $p_c^T = \mathrm{softmax}(z_c / T)$ and $p_j = \mathrm{softmax}(z_j)$, averaged over the
+# label positions; the defaults are $\alpha = 0.5$, $\lambda = 0.1$, $T = 1$. The noise on a block's
+# output is the adaptive noise of {ref}`ch-adaptive-noise`, with level $\sigma$ (`noise_std`).
+# The trainer logs the three terms as `nf_ce`, `nf_soft` and `nf_consistency`, and their sum as
+# `nf_total` (the `loss` that `Trainer` reports).
+#
+# **Claim 1:** with $\alpha = 1$ and $\lambda = 0$ the loss {eq}`eq-noisefit-on-your-model-loss`
+# is the plain fine-tuning loss, so `NoiseFiTTrainer` with these settings computes exactly what
+# SFT computes.
+#
+# **Claim 2:** noise is added only inside `NoiseInjector.active()` and only in training mode;
+# evaluation and generation see the clean model.
+#
+# **Claim 3:** the noise of step $t$ is drawn from a generator seeded by (seed, process, $t$), so
+# a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+#
+# **Cost.** Count a forward pass as 1 unit and its backward as 2. An SFT step costs 3. The default
+# NoiseFiT step runs the clean and the first noisy pass with gradient and the second noisy pass
+# forward-only (its target is detached), so it costs at least $3 + 3 + 1 = 7$ units:
+#
+# $$
+# \frac{\text{NoiseFiT step}}{\text{SFT step}} \;\ge\; \frac{7}{3} \approx 2.33 \quad
+# \text{(compute-bound)}, \qquad \frac{9}{3} = 3 \quad \text{(the official code: three passes with gradient)}.
+# $$ (eq-noisefit-on-your-model-cost)
+#
+# On a GPU that is not saturated by one pass the ratio can fall below this bound, because the
+# library stacks the passes that need a gradient into one batch.
+
+# %% [markdown]
+# ## Implementation
+#
+# | what | code |
+# |---|---|
+# | the checkpoint | `AutoModelForCausalLM.from_pretrained(MODEL)`, `AutoTokenizer.from_pretrained(MODEL)` |
+# | pairs, tokens, batches | `data.read_pairs`, `data.tokenize_pairs`, `data.CausalCollator` |
+# | choose the noisy blocks | `layers.choose_layers(model, "snr" / "auto", ...)`, `calibrate.calibrate_auto` |
+# | noise on blocks | `inject.NoiseInjector(model, layers, noise.AdaptiveNoise(sigma))` |
+# | $\alpha, \lambda, T, \sigma, k$ | `NoiseFiTConfig(hybrid_loss_alpha, lambda_consistency, temperature, noise_std, num_noise_layers)` |
+# | loss {eq}`eq-noisefit-on-your-model-loss`, logging | `NoiseFiTTrainer` (`nf_ce`, `nf_soft`, `nf_consistency`, `nf_ratio_<layer>`) |
+# | command line | `python -m noisefit_lib.noisefit train ...`, `... predict ...` |
+#
+# ### Your checkpoint
+#
+# We save Part I's base model ({ref}`ch-world-we-can-check`) with `save_pretrained` into a folder under `runs/`.
+# That folder is now a checkpoint like any other: `MODEL` is its path.
+
+# %% tags=["nbval-ignore-output", "remove-stderr"]
+world, base = tiny_lm.base_model(cfg.preset, seed=cfg.seed, device="cpu", progress=True)
+
+# %%
+RUN = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}"
+shutil.rmtree(RUN, ignore_errors=True)  # a fresh folder: every checkpoint below is this run's
+base.model.save_pretrained(RUN / "checkpoint")
+base.tokenizer.save_pretrained(RUN / "checkpoint")
+MODEL = str(RUN / "checkpoint")
+print(sorted(p.name for p in (RUN / "checkpoint").iterdir()))
+
+# %% [markdown]
+# Loading it is the line you would write for any model:
+
+# %%
+tokenizer = AutoTokenizer.from_pretrained(MODEL)
+model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).to(cfg.device)
+if tokenizer.pad_token is None:  # many hub tokenizers have none; the official code uses EOS
+    tokenizer.pad_token = tokenizer.eos_token
+print(type(model).__name__, f"{tiny_lm.n_parameters(model):,} parameters,",
+      len(inject.find_decoder_layers(model)), "decoder blocks, vocabulary", len(tokenizer))
+
+# %% [markdown]
+# On your own model only `MODEL` changes, to a hub id or a local folder; on Colab pick a GPU
+# runtime first. For example, with a 135M-parameter instruction model (not run here: it is a
+# download):
+#
+# ```python
+# MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # or "meta-llama/Llama-3.2-1B", "./my_model", ...
+# tokenizer = AutoTokenizer.from_pretrained(MODEL)
+# model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).to("cuda")
+# ```
+#
+# (and `bf16=True` in `TrainingArguments` for mixed precision on the GPU).
+#
+# The rest of the chapter runs as it is, with two settings to revisit: the prompt template
+# (`"chatml_v1"`, the official code's, or `"alpaca"`, instead of `"plain"`, which suits our
+# word-level tokenizer) and `num_noise_layers` (3 by default; our checkpoint has only
+# {glue:text}`n_blocks` blocks).
+
+# %% [markdown]
+# ### Your data
+#
+# Pairs of prompt and response, here the `sft` questions of chapter 1's world with a share of
+# {glue:text}`label_noise` of the answers replaced by a wrong value of the same type (the
+# paper's training file also has wrong answers). We write them as a CSV file, the format of the
+# command line, and read it back as a user would:
+
+# %%
+sft_items = world.sft_items(label_noise=cfg.label_noise,
+                            generator=runtime.numpy_stream(cfg.seed, "sft-labels"))
+(RUN / "cli").mkdir(parents=True, exist_ok=True)
+with open(RUN / "cli" / "train.csv", "w", newline="", encoding="utf-8") as fh:
+    writer = csv.DictWriter(fh, fieldnames=["prompt", "response"])
+    writer.writeheader()
+    writer.writerows(facts.as_pairs(sft_items))
+pairs = data.read_pairs(RUN / "cli" / "train.csv")
+print(len(pairs), "pairs, e.g.", pairs[0])
+_ = report.glue("label_noise", cfg.label_noise)
+_ = report.glue("n_blocks", len(inject.find_decoder_layers(model)))
+
+# %% [markdown]
+# `tokenize_pairs` formats each pair with a template and tokenises it; `completion_only=True`
+# masks the prompt out of the loss (label $-100$), so the model is trained on the answers only.
+# `CausalCollator` right-pads a list of examples into a batch:
+
+# %%
+TEMPLATE = "plain"
+train_tokens = data.tokenize_pairs(tokenizer, pairs, template=TEMPLATE, completion_only=True)
+collator = data.CausalCollator(tokenizer.pad_token_id)
+
+
+def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's tensors on the chapter's device."""
+    return {name: t.to(cfg.device) for name, t in batch.items()}
+
+
+batch = to_device(collator(train_tokens[:cfg.batch_size]))
+print({name: tuple(t.shape) for name, t in batch.items()})
+print(tokenizer.convert_ids_to_tokens(batch["input_ids"][0]))
+print(batch["labels"][0].tolist())
+
+# %% [markdown]
+# ### Choosing the noisy blocks
+#
+# v1 of the official code ranks the blocks by a signal-to-noise ratio measured on the first
+# training batch and takes the $k$ with the largest (`snr_format="Largest"`, the default) or the
+# smallest. {ref}`ch-where-to-inject-noise` showed that this SNR is the inverse of the block's
+# hidden-state scale, so "Largest" means the blocks with the smallest activations. v2 instead
+# probes each block with noise at five scales, keeps the blocks whose output distribution
+# responds most without raising the loss by more than 2 %, and gives each its own $\sigma$.
+
+# %%
+def dev_stream(purpose: str) -> torch.Generator:
+    """A generator on the model's device, seeded from runtime.stream(seed, purpose)."""
+    start = int(torch.randint(0, 2**62, (1,), generator=runtime.stream(cfg.seed, purpose)))
+    return torch.Generator(device=cfg.device).manual_seed(start)
+
+
+snr = nf_layers.choose_layers(model, "snr", batch=batch, k=cfg.k, sigma=cfg.noise_std,
+                              generator=runtime.stream(cfg.seed, "snr"))
+calib_batches = [to_device(collator(train_tokens[i:i + cfg.batch_size]))
+                 for i in (0, cfg.batch_size)]  # v2 uses the first two training batches
+auto = calibrate.calibrate_auto(model, calib_batches, generator=dev_stream("auto"))
+scale = nf_layers.hidden_scale(nf_layers.layer_outputs(model, batch), mask=batch["attention_mask"])
+report.show_table([{"block": i, "hidden std": scale[i].item(), "v1 SNR": snr.scores[i],
+                    "v2 score": auto.scores[i], "v2 sigma": auto.sigmas.get(i, "-")}
+                   for i in range(len(scale))])
+print("v1 (Largest) picks", snr.layers, "; v2 picks", auto.layers,
+      "with sigma", {i: report.sig(s) for i, s in auto.sigmas.items()})
+
+# %% [markdown]
+# In the trainer the choice is one setting, `NoiseFiTConfig(layer_selection="snr")` (the default)
+# or `"auto"`; `layers=[...]` skips the selection. The trainer makes it on its first batches when
+# training starts.
+#
+# ### The injector
+#
+# `NoiseInjector` is a context manager that puts forward hooks on the chosen blocks. Noise is off
+# until `active()` switches it on, and even then only in training mode. Here is its effect on the
+# next-token distributions, measured as the KL divergence from the clean to the noisy
+# distribution, averaged over the label positions:
+
+# %%
+def mean_kl(clean: torch.Tensor, noisy: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean KL(p_clean || p_noisy) over the positions that predict a label (nats)."""
+    keep = labels[:, 1:] != -100
+    logp, logq = clean[:, :-1].log_softmax(-1), noisy[:, :-1].log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1)[keep].mean().item()
+
+
+x = {k: v for k, v in batch.items() if k != "labels"}
+model.train()  # the noise fires only in training mode (our model has no dropout)
+with torch.no_grad(), inject.NoiseInjector(model, snr.layers, noise.AdaptiveNoise(cfg.noise_std),
+                                           generator=dev_stream("injector")) as inj:
+    clean = model(**x).logits
+    with inj.active(token_mask=x["attention_mask"]):
+        noisy = model(**x).logits
+    model.eval()
+    with inj.active(token_mask=x["attention_mask"]):
+        eval_logits = model(**x).logits
+print(f"KL(clean || noisy) = {report.sig(mean_kl(clean, noisy, batch['labels']))} nats; "
+      f"noise std / hidden std at block {snr.layers}: "
+      f"{ {i: report.sig(r, 3) for i, r in inj.noise_ratios().items()} }")
+
+# %% [markdown]
+# ### The trainer
+#
+# `NoiseFiTConfig` holds the method's settings; everything else is an ordinary
+# `TrainingArguments`. One helper builds the trainer for every run of this chapter: `use_cpu` is
+# needed only on a machine without a GPU (it is also what makes several CPU processes use DDP).
+
+# %%
+def make_trainer(model, out: Path, *, method: str = "noisefit", steps: int, run_seed: int,
+                 logging_steps: int = 1, save_steps: int = 0, dataset: list | None = None,
+                 **settings) -> NoiseFiTTrainer:
+    """A NoiseFiTTrainer on `dataset` (default: the training pairs) with this chapter's settings."""
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, max_steps=steps,
+        learning_rate=cfg.lr, lr_scheduler_type="cosine", logging_steps=logging_steps,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        report_to="none", disable_tqdm=True, seed=run_seed, use_cpu=cfg.device == "cpu",
+        dataloader_pin_memory=False)
+    nf = NoiseFiTConfig(method=method, **{"noise_std": cfg.noise_std, "num_noise_layers": cfg.k, **settings})
+    return NoiseFiTTrainer(model=model, args=args, train_dataset=dataset or train_tokens,
+                           data_collator=collator, noisefit=nf)
+
+
+def load_model() -> torch.nn.Module:
+    """A fresh copy of the checkpoint, as a user's script would load it."""
+    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).to(cfg.device)
+
+# %% [markdown]
+# A short run that logs every step and saves a checkpoint halfway. The log history holds each
+# loss term and the noise-to-hidden ratio of each noisy block:
+
+# %%
+demo = make_trainer(load_model(), RUN / "demo", steps=cfg.demo_steps, run_seed=cfg.seed,
+                    save_steps=cfg.demo_steps // 2)
+demo.train()
+TERMS = ["loss", "nf_ce", "nf_soft", "nf_consistency", *(f"nf_ratio_{i}" for i in demo.choice.layers)]
+report.show_table([{"step": h["step"], **{t: h[t] for t in TERMS}}
+                   for h in demo.state.log_history if "loss" in h][:: max(1, cfg.demo_steps // 5)])
+
+# %% [markdown]
+# Every checkpoint folder has the usual `Trainer` files plus `noisefit.json`, the settings and the
+# chosen blocks, which a resumed run reuses instead of choosing again:
+
+# %%
+ckpt = RUN / "demo" / f"checkpoint-{cfg.demo_steps // 2}"
+saved = json.loads((ckpt / STATE_FILE).read_text())
+print(sorted(p.name for p in ckpt.iterdir()))
+print("saved choice:", saved["choice"]["layers"], "| method:", saved["config"]["method"],
+      "| noise_std:", saved["config"]["noise_std"])
+
+# %% [markdown]
+# Resuming: a new trainer (a new process, say, after a crash) continues from that checkpoint,
+# with `trainer.train(resume_from_checkpoint=path)` (or `True` for the last one in `output_dir`):
+
+# %%
+resumed = make_trainer(load_model(), RUN / "resumed", steps=cfg.demo_steps, run_seed=cfg.seed,
+                       save_steps=cfg.demo_steps // 2)
+resumed.train(resume_from_checkpoint=str(ckpt))
+gap = max((a - b).abs().max().item()
+          for a, b in zip(resumed.model.parameters(), demo.model.parameters(), strict=True))
+print(f"resumed at step {resumed.state.global_step}; "
+      f"largest weight difference to the uninterrupted run below 1e-5: {gap < 1e-5}")
+
+# %% [markdown]
+# ### LoRA
+#
+# The official code trains LoRA adapters {cite:p}`hu2022lora` (rank 8, $\alpha = 16$, dropout 0.05
+# on the query and value projections). Wrap the model with `peft` before handing it to the
+# trainer; the decoder blocks are found through the wrapper, and `save_model` writes the adapter
+# with `noisefit.json`:
+
+# %%
+lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                  task_type="CAUSAL_LM")
+lora_model = get_peft_model(load_model(), lora)
+trainable, total = lora_model.get_nb_trainable_parameters()
+print(f"trainable: {trainable:,} of {total:,} parameters ({report.sig(100 * trainable / total, 3)} %)")
+lora_trainer = make_trainer(lora_model, RUN / "lora", steps=cfg.demo_steps, run_seed=cfg.seed)
+lora_trainer.train()
+lora_trainer.save_model(str(RUN / "adapter"))
+print(sorted(p.name for p in (RUN / "adapter").iterdir()))
+
+# %% [markdown]
+# The adapter loads back over the base checkpoint with `PeftModel.from_pretrained`, and
+# `merge_and_unload()` folds it into the weights for deployment:
+
+# %%
+reloaded = PeftModel.from_pretrained(load_model(), str(RUN / "adapter")).eval()
+lora_model.eval()
+with torch.no_grad():
+    z_trained, z_reloaded = lora_model(**x).logits, reloaded(**x).logits
+    z_merged = reloaded.merge_and_unload()(**x).logits
+print("reloaded adapter gives the trained logits:", torch.allclose(z_trained, z_reloaded, atol=1e-5),
+      "| merged:", torch.allclose(z_trained, z_merged, atol=1e-4))
+
+# %% [markdown]
+# ### Predicting
+#
+# After `train()` the hooks are gone and the model is an ordinary model: generate with it as
+# usual. For our world, `tiny_lm.evaluate` generates greedy answers and scores them; here are
+# three questions about people whose facts the model saw only in pretraining:
+
+# %%
+ev = tiny_lm.evaluate(demo.model, tokenizer, world, world.split("test_known")[:3])
+for item, answer, outcome in zip(ev.items, ev.answers, ev.outcomes, strict=True):
+    print(f"{item.prompt} {answer!r:14} truth {item.gold!r:14} {outcome}")
+
+# %% [markdown]
+# ### The command line
+#
+# The same training from a shell needs only the CSV file. We run it as a user would, in the
+# folder with the data, as a separate Python process (`sys.executable -m noisefit_lib.noisefit`).
+# The `smoke` preset calls the same entry point, `cli.main`, inside this process instead, to save
+# the two interpreter start-ups (each imports `torch` and `transformers`: several CPU seconds).
+
+# %%
+def run_cli(*args: str, cwd: Path = RUN / "cli") -> tuple[int, str, str]:
+    """Run `python -m noisefit_lib.noisefit ARGS` in `cwd`; return (status, stdout, stderr)."""
+    if not cfg.cli_subprocess:
+        out, err = io.StringIO(), io.StringIO()
+        here = Path.cwd()
+        os.chdir(cwd)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = cli.main(list(args))
+        finally:
+            os.chdir(here)
+        return status, out.getvalue(), err.getvalue()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "noisefit_lib.noisefit", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    return res.returncode, res.stdout, res.stderr
+
+# %% [markdown]
+# `train` on the CSV file, with LoRA (the default) and the checkpoint folder as `--model`:
+
+# %%
+status, out, err = run_cli(
+    "train", "--model", "../checkpoint", "--train_data", "train.csv", "--output_dir", "nf",
+    "--template", TEMPLATE, "--completion_only", "--batch_size", str(cfg.batch_size),
+    "--max_steps", str(cfg.cli_steps), "--learning_rate", "1e-3", "--logging_steps", "5",
+    "--num_noise_layers", str(cfg.k), "--seed", str(cfg.seed))
+assert status == 0, err[-2000:]
+summary = json.loads(out.strip().splitlines()[-1])  # the last line: a JSON summary
+print("steps:", summary["steps"], "| noisy blocks:", summary["layers"])
+print("logged:", sorted(summary["last_log"]))
+print("written:", sorted(p.name for p in (RUN / "cli" / "nf").iterdir() if not p.name.startswith("checkpoint")))
+
+# %% [markdown]
+# The printed log lines (one per `--logging_steps`) and the summary hold timings and paths, so we
+# show only the stable parts. `predict` reads a CSV with a `prompt` column and writes one row per
+# prompt and sample:
+
+# %%
+test_items = world.split("test_known")
+with open(RUN / "cli" / "test.csv", "w", newline="", encoding="utf-8") as fh:
+    writer = csv.DictWriter(fh, fieldnames=["prompt"])
+    writer.writeheader()
+    writer.writerows({"prompt": it.prompt} for it in test_items)
+status, out, err = run_cli("predict", "--model", "nf", "--test_data", "test.csv", "--output",
+                           "pred.csv", "--template", TEMPLATE, "--max_new_tokens", "4",
+                           "--batch_size", "64")
+assert status == 0, err[-2000:]
+with open(RUN / "cli" / "pred.csv", newline="", encoding="utf-8") as fh:
+    predictions = list(csv.DictReader(fh))
+print(len(predictions), "rows with columns", list(predictions[0]))
+
+# %% [markdown]
+# Scored against the world, the CLI's answers to the `test_known` questions. `--seed` fixes
+# everything the command does, the initialisation of the LoRA adapter included, so two runs of
+# the same command give the same answers (a test checks it):
+
+# %%
+print(predictions[0])
+cli_outcomes = [world.score(p["response"], it) for p, it in zip(predictions, test_items, strict=True)]
+print("test_known answers of the CLI's model:", facts.outcome_counts(cli_outcomes))
+
+# %% [markdown]
+# A file with a wrong header gets one line that says what is wrong, and exit status 2, before
+# any model is loaded:
+
+# %%
+(RUN / "cli" / "bad.csv").write_text("prompt,answer\nQ: Where was X born ? A:,Temvantiv .\n")
+status, out, err = run_cli("train", "--model", "../checkpoint", "--train_data", "bad.csv",
+                           "--output_dir", "nf_bad")
+print("exit status", status)
+print(err.strip())
+
+# %% [markdown]
+# ### Several GPUs
+#
+# `NoiseFiTTrainer` runs under `accelerate launch`: each process trains on its share of every
+# batch, process 0 chooses the noisy blocks and broadcasts them, and DDP keeps the replicas equal.
+# On a machine with 4 GPUs:
+#
+# ```bash
+# accelerate launch --multi_gpu --num_processes 4 -m noisefit_lib.noisefit train \
+#     --model HuggingFaceTB/SmolLM2-135M-Instruct --train_data train.csv --output_dir runs/nf
+# ```
+#
+# and a script that builds the trainer as above runs with
+# `accelerate launch --multi_gpu --num_processes 4 my_script.py`. On a CPU-only machine the same
+# command with `--num_processes 2` starts two `gloo` processes (`TrainingArguments(use_cpu=True)`
+# is then required; the CLI sets it). That works, and the library's tests check it, but here it
+# would cost about 20 s of CPU time for 10 steps (three interpreters importing `torch` and
+# `transformers`), a third of the chapter's budget, so the `book` preset only shows the command.
+# `accelerate=True` (the `full` preset) runs it, on the CPU with two processes:
+
+# %% tags=["nbval-ignore-output"]
+if cfg.accelerate:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+              "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "noisefit_lib.noisefit", "train", "--model", "../checkpoint", "--train_data",
+              "train.csv", "--output_dir", "nf_ddp", "--template", TEMPLATE, "--batch_size", "8",
+              "--max_steps", "10", "--num_noise_layers", str(cfg.k), "--logging_steps", "5"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    res = subprocess.run(launch, cwd=RUN / "cli", env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"output_dir"')]
+    print(f"{len(ranks)} processes, each at step {[r['steps'] for r in ranks]}, noisy blocks "
+          f"{[r['layers'] for r in ranks]}, {time.perf_counter() - start:.0f} s")
+else:
+    print("accelerate launch not run in this preset (set accelerate=True to run it)")
+
+# %% [markdown]
+# ## Checks
+#
+# The v1 SNR ranks the blocks in reverse order of their hidden-state scale
+# ({ref}`ch-where-to-inject-noise`):
+
+# %%
+if len(scale) > 1:
+    assert nf_layers.top_k(torch.tensor(snr.scores), cfg.k) == nf_layers.top_k(-scale, cfg.k)
+assert snr.layers == demo.choice.layers  # the trainer chose the same blocks on the same batch
+assert set(auto.sigmas) == set(auto.layers)
+print("layer choice checks passed")
+
+# %% [markdown]
+# Claim 2: inside `active()` the logits change; in eval mode, or after the `with` block, they are
+# the clean ones, and no hook of ours is left on the model:
+
+# %%
+model.train()
+with torch.no_grad():
+    after = model(**x).logits
+hooks = [h for b in inject.find_decoder_layers(model)
+         for h in b._forward_hooks.values() if h.__module__.startswith("noisefit_lib")]
+assert not torch.allclose(clean, noisy) and torch.equal(clean, eval_logits)
+assert torch.equal(clean, after) and hooks == []
+prompt = torch.tensor(tiny_lm.prompt_ids(tokenizer, [test_items[0].prompt]), device=cfg.device)
+greedy = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+with inject.NoiseInjector(model, snr.layers, noise.AdaptiveNoise(10.0)) as inj, inj.active():
+    inside = model.generate(prompt, **greedy)  # train mode, noise on, and a huge sigma
+assert torch.equal(inside, model.generate(prompt, **greedy)) and inj.calls == 0
+print("claim 2 holds")
+
+# %% [markdown]
+# Claim 1: with $\alpha = 1$, $\lambda = 0$ the trainer's loss equals the SFT trainer's loss on the
+# same batch and weights, and equals the cross-entropy that `transformers` computes itself:
+
+# %%
+same = load_model().train()
+losses = {}
+for method, settings in (("sft", {}), ("noisefit", {"hybrid_loss_alpha": 1.0, "lambda_consistency": 0.0})):
+    tr = make_trainer(same, RUN / "claim1", method=method, steps=1, run_seed=cfg.seed, **settings)
+    tr.setup_noise()
+    with torch.no_grad():
+        losses[method] = tr.compute_loss(same, batch).item()
+    tr.teardown_noise()
+with torch.no_grad():
+    hf_loss = same(**batch).loss.item()
+assert abs(losses["sft"] - losses["noisefit"]) < 1e-6 and abs(losses["sft"] - hf_loss) < 1e-5
+print("claim 1 holds:", {k: report.sig(v) for k, v in losses.items()})
+
+# %% [markdown]
+# Claim 3 was checked above (the resumed run); the CLI wrote an adapter, answered every prompt,
+# and rejected the bad file with status 2 and one line:
+
+# %%
+assert summary["steps"] == cfg.cli_steps and (RUN / "cli" / "nf" / "adapter_config.json").is_file()
+assert len(predictions) == len(test_items) and gap < 1e-5
+assert status == 2 and err.count("\n") == 1 and "missing column(s) response" in err
+print("claim 3 and command-line checks passed")
+
+# %% [markdown]
+# ## Experiment
+#
+# Does NoiseFiT change what fine-tuning does to the model's knowledge? We fine-tune the whole
+# checkpoint (no LoRA: the model is tiny) on the noisy `sft` pairs with plain SFT and with NoiseFiT
+# at two noise levels: the library default $\sigma$ = {glue:text}`noise_std` and a larger
+# $\sigma$ = {glue:text}`big_noise_std` (otherwise the defaults: $\alpha = 0.5$, $\lambda = 0.1$, v1's
+# SNR choice of {glue:text}`k` block(s)). Every run starts from the same checkpoint, with the same
+# data order, learning rate and number of steps; each seed draws its own noisy labels. We then ask
+# three kinds of question:
+#
+# - `sft`: the training questions, scored against the truth (a model that learned a wrong label
+#   gets that question "hallucinated");
+# - `test_known`: other facts of known people, seen only in pretraining: the paper's setting;
+# - `test_unknown`: people the model has never seen, where any answer is a hallucination.
+
+# %%
+seeds = [cfg.seed + i for i in range(cfg.n_seeds)]
+RUNS = {"sft": ("sft", cfg.noise_std), "noisefit": ("noisefit", cfg.noise_std),
+        f"noisefit, sigma {cfg.big_noise_std}": ("noisefit", cfg.big_noise_std)}  # label: method, sigma
+NF_BIG = f"noisefit, sigma {cfg.big_noise_std}"
+SPLITS = ("sft", "test_known", "test_unknown")
+_ = report.glue("noise_std", cfg.noise_std)
+_ = report.glue("big_noise_std", cfg.big_noise_std)
+_ = report.glue("k", cfg.k)
+print(f"preset {cfg.preset}: seeds {seeds}, runs {list(RUNS)}, {cfg.steps} steps of "
+      f"{cfg.batch_size} pairs, lr {cfg.lr}, label noise {cfg.label_noise}")
+
+# %%
+def fine_tune(label: str, run_seed: int) -> tuple[dict, list[dict], float]:
+    """Fine-tune a fresh copy as run `label` on this seed's noisy labels; return scores, logs, CPU s."""
+    method, sigma = RUNS[label]
+    items = world.sft_items(label_noise=cfg.label_noise,
+                            generator=runtime.numpy_stream(run_seed, "sft-labels"))
+    tokens = data.tokenize_pairs(tokenizer, facts.as_pairs(items), template=TEMPLATE,
+                                 completion_only=True)
+    tr = make_trainer(load_model(), RUN / "experiment", method=method, steps=cfg.steps,
+                      dataset=tokens, run_seed=run_seed, logging_steps=max(1, cfg.steps // 10),
+                      noise_std=sigma)
+    start = time.process_time()
+    tr.train()
+    cpu = time.process_time() - start
+    counts = {s: tiny_lm.evaluate(tr.model, tokenizer, world, world.split(s), batch_size=512).counts()
+              for s in SPLITS}
+    return counts, [h for h in tr.state.log_history if "loss" in h], cpu
+
+# %% [markdown]
+# The runs (the CPU time of each `train()` call is recorded, for the cost comparison below):
+
+# %%
+runs = {(label, s): fine_tune(label, s) for s in seeds for label in RUNS}
+base_counts = {s: tiny_lm.evaluate(base.model.to(cfg.device), tokenizer, world, world.split(s),
+                                   batch_size=512).counts() for s in SPLITS}
+for (label, s), (counts, _, _) in runs.items():
+    print(f"{label:20} seed {s}: " + "; ".join(
+        f"{split} {c['correct']}/{c['hallucinated']}" for split, c in counts.items()),
+        "(correct/hallucinated)")
+
+# %%
+results = {
+    "seeds": seeds, "runs_config": {k: list(v) for k, v in RUNS.items()}, "splits": list(SPLITS),
+    "base_counts": base_counts,
+    "runs": [{"label": label, "method": RUNS[label][0], "noise_std": RUNS[label][1], "seed": s,
+              "counts": c, "log_history": logs, "train_cpu_seconds": cpu}
+             for (label, s), (c, logs, cpu) in runs.items()],
+    "cli": {"steps": summary["steps"], "layers": summary["layers"],
+            "test_known": facts.outcome_counts(cli_outcomes)},
+    "layer_choice": {"snr": snr.layers, "snr_scores": snr.scores, "auto": auto.layers,
+                     "auto_sigmas": auto.sigmas},
+}
+
+# %% tags=["nbval-ignore-output"]
+results_path = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json"
+runtime.write_results(results_path, results, cfg)
+print("results written to", results_path.relative_to(results_path.parents[1]))
+
+# %% [markdown]
+# ## Results
+#
+# Outcome rates per split, with 95 % Wilson intervals over the items of all seeds pooled (with
+# {glue:text}`n_seeds_text` seed(s) an interval over seeds would say little; the paired
+# differences below use the seeds):
+
+# %%
+def rate_row(label: str, counts_per_seed: list[dict], split: str) -> dict:
+    """Pooled outcome rates of one run on one split, with Wilson intervals."""
+    n = sum(sum(c[split].values()) for c in counts_per_seed)
+    row = {"model": label, "split": split, "answers": n}
+    for k in facts.OUTCOMES:
+        hits = sum(c[split][k] for c in counts_per_seed)
+        lo, hi = facts.wilson_interval(hits, n)
+        row[k], row[f"{k} lo"], row[f"{k} hi"] = hits / n, lo, hi
+    return row
+
+
+per_run = {"base": [base_counts]} | {label: [runs[(label, s)][0] for s in seeds] for label in RUNS}
+rows = [rate_row(label, counts, split) for split in SPLITS for label, counts in per_run.items()]
+report.show_table([{k: (f"{r[k]:.3f} [{r[k + ' lo']:.3f}, {r[k + ' hi']:.3f}]"
+                        if k in ("correct", "hallucinated") else r[k])
+                    for k in ("model", "split", "answers", *facts.OUTCOMES)} for r in rows])
+_ = report.glue("n_seeds_text", str(len(seeds)))
+
+# %% mystnb={"figure": {"caption": "Left: the loss terms that NoiseFiTTrainer logs (nats per label token, log scale; mean over seeds, band: range over seeds): the CE of SFT and of NoiseFiT's clean pass, and NoiseFiT's two KL terms at both noise levels. Right: correct and hallucinated answers of the base checkpoint and each run per split, with 95 % Wilson intervals over the pooled items of all seeds. The CE curves of SFT and NoiseFiT overlap.", "name": "fig-noisefit-on-your-model-runs"}}
+STYLE = {"base": plotting.style(6), "sft": plotting.method_style("sft"),
+         "noisefit": plotting.method_style("noisefit"), NF_BIG: plotting.style(3)}
+fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.4]})
+curves = [("sft", "nf_ce", "SFT: CE", "-"), ("noisefit", "nf_ce", "NoiseFiT: CE", "-"),
+          *((lab, t, f"{name}: {t[3:]} KL", ls) for lab, name in (("noisefit", "NoiseFiT"),
+            (NF_BIG, f"sigma {cfg.big_noise_std}")) for t, ls in (("nf_soft", "--"), ("nf_consistency", ":")))]
+for label, term, text, ls in curves:
+    logs = [runs[(label, s)][1] for s in seeds]
+    y = np.array([[h[term] for h in log] for log in logs])
+    steps_x = [h["step"] for h in logs[0]]
+    ax_loss.plot(steps_x, y.mean(0), label=text, color=STYLE[label]["color"], linestyle=ls)
+    ax_loss.fill_between(steps_x, y.min(0), y.max(0), color=STYLE[label]["color"], alpha=0.2)
+ax_loss.set(xlabel="optimiser step", ylabel="loss term (nats/token)", yscale="log")
+ax_loss.legend(fontsize=7, ncols=2)
+width = 0.8 / len(per_run)
+for j, label in enumerate(per_run):
+    sub = [r for r in rows if r["model"] == label]
+    for k, (kind, hatch) in enumerate((("correct", ""), ("hallucinated", "//"))):
+        pos = np.arange(len(SPLITS)) * 2 + k + (j - (len(per_run) - 1) / 2) * width
+        yerr = [[r[kind] - r[f"{kind} lo"] for r in sub], [r[f"{kind} hi"] - r[kind] for r in sub]]
+        ax_out.bar(pos, [r[kind] for r in sub], width, yerr=yerr, capsize=2, hatch=hatch,
+                   color=STYLE[label]["color"], edgecolor="white", label=label if k == 0 else None)
+ax_out.set_xticks([2 * i + 0.5 for i in range(len(SPLITS))],
+                  [f"{s}\ncorrect | halluc. (//)" for s in SPLITS], fontsize=8)
+ax_out.set(ylabel="fraction of answers", ylim=(0, 1.25))
+ax_out.legend(ncols=4, fontsize=8, loc="upper center")
+plt.show()
+
+# %% [markdown]
+# The differences that matter, each NoiseFiT run minus SFT, paired by seed (same labels, same
+# data order), with a 95 % $t$-interval over the seeds:
+
+# %%
+def rate(counts: dict, split: str, kind: str) -> float:
+    """The fraction of answers of one kind on one split."""
+    return counts[split][kind] / sum(counts[split].values())
+
+
+diff_rows = []
+for label in ("noisefit", NF_BIG):
+    for split in SPLITS:
+        for kind in ("correct", "hallucinated"):
+            a = [rate(runs[(label, s)][0], split, kind) for s in seeds]
+            b = [rate(runs[("sft", s)][0], split, kind) for s in seeds]
+            mean, half = stats.paired_ci(a, b)
+            diff_rows.append({"run": label, "split": split, "rate": kind, "run - SFT": mean,
+                              "± (95 %, seeds)": half if len(seeds) > 1 else "-"})
+report.show_table(diff_rows, digits=3)
+diff = {(r["run"], r["split"], r["rate"]): r for r in diff_rows}
+
+# %% [markdown]
+# A verdict needs a rule. "Reproduced" means the interval over seeds excludes zero in NoiseFiT's
+# favour and "contradicted" that it excludes zero against it; otherwise a difference of at least
+# 2 percentage points in the claimed direction is "direction only", and anything smaller "not at
+# this scale":
+
+# %%
+def verdict(mean: float, half: float | str, lower_is_better: bool) -> str:
+    """The verdict word for a NoiseFiT - SFT difference (see the rule above)."""
+    half = half if isinstance(half, float) and np.isfinite(half) else np.inf
+    gain = -mean if lower_is_better else mean
+    if abs(mean) > half:
+        return "reproduced" if gain > 0 else "contradicted"
+    return "direction only" if gain >= 0.02 else "not at this scale"
+
+
+def glue_diff(key: str, label: str, split: str, kind: str) -> str:
+    """Glue one paired difference as text ("+0.012 ± 0.034") and return its verdict."""
+    r = diff[(label, split, kind)]
+    half = r["± (95 %, seeds)"]
+    text = f"{r['run - SFT']:+.3f}" + (f" ± {half:.3f}" if isinstance(half, float) else " (one seed)")
+    report.glue(key, text)
+    return verdict(r["run - SFT"], half, lower_is_better=kind == "hallucinated")
+
+
+# the paper counts every answer its judge calls incorrect as a hallucination: its measure is accuracy
+verdict_known = report.glue("verdict_known", glue_diff("d_acc_known", "noisefit", "test_known", "correct"))
+verdict_unknown = report.glue("verdict_unknown", glue_diff("d_hall_unknown", "noisefit", "test_unknown", "hallucinated"))
+_ = glue_diff("d_hall_known", "noisefit", "test_known", "hallucinated")
+_ = glue_diff("d_acc_sft", "noisefit", "sft", "correct")
+_ = report.glue("verdict_known_big", glue_diff("d_acc_known_big", NF_BIG, "test_known", "correct"))
+_ = glue_diff("d_hall_known_big", NF_BIG, "test_known", "hallucinated")
+_ = glue_diff("d_hall_unknown_big", NF_BIG, "test_unknown", "hallucinated")
+by_model = {(r["model"], r["split"]): r for r in rows}
+for key, (label, split, kind) in {"base_acc_known": ("base", "test_known", "correct"),
+                                  "sft_acc_known": ("sft", "test_known", "correct"),
+                                  "base_acc_sft": ("base", "sft", "correct"),
+                                  "sft_acc_sft": ("sft", "sft", "correct"),
+                                  "big_malformed_unknown": (NF_BIG, "test_unknown", "malformed")}.items():
+    _ = report.glue(key, by_model[(label, split)][kind], 3)
+ratio_terms = np.mean([runs[("noisefit", s)][1][-1]["nf_soft"] / runs[("noisefit", s)][1][-1]["nf_ce"]
+                       for s in seeds])
+_ = report.glue("soft_over_ce", ratio_terms, 2)
+
+# %% [markdown]
+# Fine-tuning did what it was asked on the training questions: right answers on `sft` went from
+# {glue:text}`base_acc_sft` for the base checkpoint to {glue:text}`sft_acc_sft` after SFT (the
+# wrong labels cap it), and NoiseFiT at the default $\sigma$ changed that by
+# {glue:text}`d_acc_sft`. The price is paid on the facts that were not fine-tuned: on
+# `test_known` the base checkpoint was right at a rate of {glue:text}`base_acc_known` and SFT at
+# {glue:text}`sft_acc_known`. Fine-tuning on one set of facts overwrote part of what the model
+# knew about others, the effect that {cite:t}`gekhman2024finetuning` describe.
+#
+# NoiseFiT at the default $\sigma$ moved the `test_known` accuracy by {glue:text}`d_acc_known`
+# and its hallucination rate by {glue:text}`d_hall_known` (minus SFT, 95 % interval over seeds).
+# The paper counts every answer its judge finds incorrect as a hallucination, so its measure is
+# the accuracy: *{glue:text}`verdict_known`*. The left panel shows why so little happens: at this
+# $\sigma$ the soft KL term is {glue:text}`soft_over_ce` times the CE at the end of training, so
+# NoiseFiT's gradient is essentially half of SFT's. At $\sigma$ = {glue:text}`big_noise_std` the
+# KL terms are about a hundred times larger, as large as the CE by the end of training; the
+# `test_known` accuracy moved by {glue:text}`d_acc_known_big` (*{glue:text}`verdict_known_big`*)
+# and our narrower hallucination rate (a wrong value of the right type) by
+# {glue:text}`d_hall_known_big`. About
+# people the model never saw, the default run changed the hallucination rate by
+# {glue:text}`d_hall_unknown` and the large-$\sigma$ run by {glue:text}`d_hall_unknown_big`, with
+# a malformed-answer rate of {glue:text}`big_malformed_unknown`: noise can make the model less
+# sure of the answer format, not more willing to say `unknown`, which nothing in the training
+# data teaches.
+
+# %% [markdown]
+# ### Cost per step
+#
+# The CPU time of the `train()` calls above, NoiseFiT over SFT (the same steps, model and data;
+# it varies from run to run, so this cell's output is not checked):
+
+# %% tags=["nbval-ignore-output"]
+cpu = {label: np.mean([runs[(label, s)][2] for s in seeds]) for label in RUNS}
+cpu_ratio = report.glue("cpu_ratio", cpu["noisefit"] / cpu["sft"], 2)
+print(f"NoiseFiT / SFT CPU time per run: {cpu_ratio}x ({cfg.steps} steps, {len(seeds)} seed(s))")
+_ = report.glue("cpu_ratio_big", cpu[NF_BIG] / cpu["sft"], 2)
+
+# %% [markdown]
+# The library's benchmark (`tools/bench_noisefit.py`, see {doc}`/book/noisefit_library`) timed one
+# training step of each method on a 138M-parameter Llama on an NVIDIA H200; its results file is
+# committed with the book:
+
+# %%
+BENCH = runtime.runs_dir().parent / "tools" / "results" / "bench_noisefit_h200.json"  # in a clone
+if BENCH.is_file():
+    bench = json.loads(BENCH.read_text())
+    report.show_table([{"benchmark row": name, "noisy blocks": ",".join(map(str, m["layers"])) or "-",
+                        "median ms / step": m["median_ms"], "x SFT": m["ratio_vs_sft"]}
+                       for name, m in bench["methods"].items()], digits=3)
+    gpu = {name: report.sig(m["ratio_vs_sft"], 3) for name, m in bench["methods"].items()}
+    gpu_name = bench["device_name"]
+else:  # outside a clone of the book's repository (Colab): the file is not there
+    print("tools/results/bench_noisefit_h200.json not found; see the library page for the table")
+    gpu, gpu_name = {"noisefit": "(not available)", "noisefit_faithful_v1": "(not available)"}, "-"
+_ = report.glue("gpu_default", gpu["noisefit"])
+_ = report.glue("gpu_faithful", gpu["noisefit_faithful_v1"])
+_ = report.glue("gpu_name", gpu_name)
+
+# %% [markdown]
+# On the GPU the default NoiseFiT step costs {glue:text}`gpu_default` SFT steps, below the
+# compute-bound floor {eq}`eq-noisefit-on-your-model-cost` of 2.33 because the passes with
+# gradient run as one stacked batch, which a GPU that one pass does not saturate absorbs; the
+# official code's three passes with gradient (`faithful=True`) cost {glue:text}`gpu_faithful`.
+# A CPU is compute-bound and gains nothing from stacking: the library's page measures 2.35 to 2.56
+# SFT steps per default NoiseFiT step on a 4.5M-parameter model, about the floor. The ratio of the
+# whole `train()` calls of this run, {glue:text}`cpu_ratio`, is not a per-step measurement: on a
+# model this small the fixed costs of a step (data, optimiser, `Trainer` bookkeeping) are a large
+# share, and the shared machine makes it move from run to run.
+
+# %% [markdown]
+# ## What the paper reports vs what we measured
+#
+# | claim | paper {cite:p}`khadangi2025noise` | ours, `book` | ours, `full` | verdict (`book`) |
+# |---|---|---|---|---|
+# | NoiseFiT hallucinates less than standard fine-tuning on held-out facts (the paper: fewer answers judged incorrect) | "significantly reduces hallucination rates" (abstract); numbers not verified | `test_known` accuracy, NoiseFiT − SFT: {glue:text}`d_acc_known` ($\sigma$ = {glue:text}`noise_std`), {glue:text}`d_acc_known_big` ($\sigma$ = {glue:text}`big_noise_std`) | {glue:text}`full_d_acc_known` ($\sigma$ = {glue:text}`noise_std`) | {glue:text}`verdict_known` |
+# | ... and hallucinates less about people it cannot know | not reported in what we could read | `test_unknown` hallucination, NoiseFiT − SFT: {glue:text}`d_hall_unknown` | {glue:text}`full_d_hall_unknown` | {glue:text}`verdict_unknown` |
+# | cost of a step | not reported in what we could read; the official code runs three passes with gradient | {glue:text}`gpu_faithful` x SFT for the official code's passes, {glue:text}`gpu_default` x for the library default ({glue:text}`gpu_name`) | same file | not tested |
+# | applies to any causal LM, with LoRA | models of five families, LoRA (official code) | the same code path on a saved checkpoint; LoRA adapter saved and reloaded | 34M-parameter checkpoint | not at this scale |
+#
+# The verdicts are computed from the paired differences at the default $\sigma$, with the rule of
+# the Results section. Our world is tiny and our checkpoint has
+# {glue:text}`n_blocks` decoder blocks, so this is a check of the recipe on a model we can
+# score exactly, not of the paper's numbers; Part I's end-to-end chapter runs the full
+# comparison with its baselines.
+
+# %% [markdown]
+# (noisefit-on-your-model-full-scale)=
+# ## Full-scale results
+#
+# The `full` preset runs the same notebook on one GPU with the `full` base model of chapter 1 (a
+# 34M-parameter Llama with 8 blocks on a 5,000-person world), three noisy blocks, 400 steps of
+# 32 pairs and three seeds, and the two-process `accelerate launch` on the CPU. Its results file,
+# once run, is committed next to this chapter (`results/noisefit_on_your_model_full.json`) and
+# shown here; this section never recomputes it.
+
+# %%
+FULL_RESULTS = Path("results/noisefit_on_your_model_full.json")
+full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
+if full is None:
+    print("The full preset has not been run on a GPU yet: see 'Running the book' for the command.")
+    full_known, full_unknown = "not run yet", "not run yet"
+else:
+    fr = full["results"]
+    print(f"{full['hardware'].get('gpu')}, torch {full['versions']['torch']}, commit "
+          f"{str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}, seeds {fr['seeds']}")
+    full_diff = {}
+    for split, kind in (("test_known", "correct"), ("test_unknown", "hallucinated")):
+        by = {lab: [rate(r["counts"], split, kind) for r in fr["runs"] if r["label"] == lab]
+              for lab in ("noisefit", "sft")}
+        mean, half = stats.paired_ci(by["noisefit"], by["sft"])
+        full_diff[split] = f"{mean:+.3f} ± {half:.3f}"
+    report.show_table([{"split": k, "rate": kind, "NoiseFiT - SFT": v}
+                       for (k, v), kind in zip(full_diff.items(), ("correct", "hallucinated"), strict=True)])
+    full_known, full_unknown = full_diff["test_known"], full_diff["test_unknown"]
+_ = report.glue("full_d_acc_known", full_known)
+_ = report.glue("full_d_hall_unknown", full_unknown)
+
+# %% [markdown]
+# ## Summary
+#
+# - A checkpoint folder and a hub id are the same thing to `from_pretrained`: change `MODEL`, the
+#   template and `num_noise_layers`, and the chapter runs on your model.
+# - `NoiseFiTTrainer` is a `Trainer`: `TrainingArguments`, checkpoints, `resume_from_checkpoint`,
+#   `peft` models and `accelerate launch` work as usual; the loss terms are logged as `nf_*`, and
+#   the chosen blocks travel with every checkpoint in `noisefit.json`.
+# - The command line does the same from a CSV file and fails with one readable line on bad input.
+# - On this checkpoint, NoiseFiT at the default $\sigma$ changed the accuracy on held-out facts by
+#   {glue:text}`d_acc_known` against SFT ({glue:text}`verdict_known`); a larger $\sigma$ gave
+#   {glue:text}`d_acc_known_big`. Fine-tuning itself, with either method, cost the model part of
+#   what it knew.
+# - A default NoiseFiT step costs {glue:text}`gpu_default` SFT steps on an H200, and about the
+#   compute-bound floor of 2.33 on a CPU.
+#
+# ## Exercises
+#
+# 1. *Run it on a real model:* on Colab with a GPU, set `MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"`,
+#    write a CSV of 50 questions and answers about your own domain, and run the command line with
+#    `--template chatml_v1 --max_steps 200`. Which blocks does `--layer_selection snr` pick, and
+#    which does `auto` pick?
+# 2. *Run a regime:* repeat the experiment with `-p noise_std 1.0` and `-p noise_std 2.0`. When do
+#    the KL terms of the left panel reach the size of the CE, and what happens to `test_known`?
+# 3. *Why* does the resumed run end with the same weights as the uninterrupted one? What would
+#    break it if the noise were drawn from the global random generator?
+# 4. *Change the code:* train with LoRA in the experiment (wrap `load_model()` with
+#    `get_peft_model`). Does fine-tuning still overwrite the `test_known` facts?
+#
+# :::{dropdown} Hint for exercise 3
+# The trainer reseeds its noise generator from (seed, process, step) before every step, and
+# `Trainer` restores the data order and the optimiser state from the checkpoint; with a global
+# generator the noise after resuming would depend on everything drawn before.
+# :::
+#
+# ## Further reading
+#
+# - {doc}`/book/noisefit_library`: every option of the library, the trainer and the command line.
+# - {cite:t}`khadangi2025noise`: NoiseFiT.
+# - {cite:t}`hu2022lora`: LoRA, the adapters the official code trains.
+# - {cite:t}`gekhman2024finetuning`: why fine-tuning on new facts can increase hallucination.
