@@ -104,6 +104,21 @@ def test_auto_calibration():
     ]
 
 
+def test_choose_layers_auto_uses_the_given_generator():
+    """v2 calibration through choose_layers follows its generator, not torch's global state."""
+    m = tiny.tiny_model("llama", hidden=32, layers=4, vocab=64)
+    x = torch.randint(4, 64, (4, 6), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+    reports = []
+    for global_seed in (5, 6):
+        torch.manual_seed(global_seed)
+        choice = layers.choose_layers(
+            m, "auto", batch=batch, generator=torch.Generator().manual_seed(0)
+        )
+        reports.append(choice.report["kl"])
+    assert reports[0] == reports[1]
+
+
 def test_depth_diverse():
     scores = torch.tensor([0.1, 0.9, 0.8, 0.2, 0.3, 0.95, 0.7, 0.6, 0.5])
     # candidates in the early band [0, 3) and late band [6, 9): one per band first

@@ -305,7 +305,7 @@ def choose_layers(
         from noisefit_lib.noisefit.calibrate import calibrate_auto
 
         batches = list(calibration_batches) or ([batch] if batch is not None else [])
-        return calibrate_auto(model, batches)
+        return calibrate_auto(model, batches, generator=_gen_on(gen, _device(model)))
     if batch is None:
         raise ValueError(f"layer selection {method!r} needs a batch")
     if method == "snr_propagated":
