@@ -585,7 +585,6 @@ def answer(
         ``questions``, and the geometric-mean probability of each answer's tokens (those
         before the end of turn, at least one), shape (N,).
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     end_id = _end_id(tokenizer)
@@ -598,23 +597,10 @@ def answer(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask = tiny_lm.pad([encoded[i] for i in rows], side="left", pad_id=pad_id)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad_id,
-            eos_token_id=end_id,
-            output_logits=True,
-            return_dict_in_generate=True,
+        new, token_logp = tiny_lm.greedy_tokens(
+            model, ids, mask, pad_id=pad_id, eos_id=end_id, max_new_tokens=max_new_tokens
         )
-        new = out.sequences[:, ids.shape[1] :].cpu()
-        logp = torch.stack(out.logits, dim=1).float().log_softmax(-1).cpu()
-        token_logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        for row, seq, lp in zip(rows, new.tolist(), token_logp, strict=True):
+        for row, seq, lp in zip(rows, new, token_logp, strict=True):
             stop = next((k for k, t in enumerate(seq) if t == end_id), len(seq))
             confidence[row] = float(lp[: max(1, stop)].mean().exp())
             texts[row] = tokenizer.decode(seq[:stop], skip_special_tokens=True).strip()

@@ -370,6 +370,49 @@ def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> li
 
 
 @torch.no_grad()
+def greedy_tokens(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    pad_id: int,
+    eos_id: int,
+    max_new_tokens: int,
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy continuation of one left-padded batch, with the log-probability of each new token.
+
+    Args:
+        model: the causal LM (its device is used); a PEFT model works too.
+        ids: prompt token ids, left-padded, shape (B, T).
+        mask: their attention mask, shape (B, T).
+        pad_id: the padding token id.
+        eos_id: the token id that ends a continuation.
+        max_new_tokens: tokens to generate per row.
+
+    Returns:
+        ``(new, token_logp)``: the generated ids per row (padded after an end with ``pad_id``)
+        and their log-probabilities under the model, shape (B, n_new), on the CPU.
+    """
+    device = next(model.parameters()).device
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,  # greedy: clear sampling defaults a checkpoint's config may carry
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    new = out.sequences[:, ids.shape[1] :].cpu()  # (B, n_new)
+    logp = torch.stack(out.logits, dim=1).float().log_softmax(-1).cpu()  # (B, n_new, V)
+    return new.tolist(), logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
 def generate_answers(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -396,7 +439,6 @@ def generate_answers(
         ``(texts, confidence)``: the decoded continuations (special tokens kept, so the
         scorer sees where the answer ended) and an array of shape (N,) with values in [0, 1].
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     end_id = tokenizer.convert_tokens_to_ids(facts.END)
@@ -405,20 +447,10 @@ def generate_answers(
     ids_all = prompt_ids(tokenizer, prompts)
     for start in range(0, len(ids_all), batch_size):
         ids, mask = pad(ids_all[start : start + batch_size], side="left")
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=PAD_ID,
-            eos_token_id=EOS_ID,
-            output_logits=True,
-            return_dict_in_generate=True,
+        new, token_logp = greedy_tokens(
+            model, ids, mask, pad_id=PAD_ID, eos_id=EOS_ID, max_new_tokens=max_new_tokens
         )
-        new = out.sequences[:, ids.shape[1] :].cpu()  # (B, n_new)
-        logp = torch.stack(out.logits, dim=1).float().log_softmax(-1).cpu()  # (B, n_new, V)
-        token_logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, n_new)
-        for row, row_logp in zip(new.tolist(), token_logp, strict=True):
+        for row, row_logp in zip(new, token_logp, strict=True):
             stop = next((k for k, t in enumerate(row) if t == end_id or t < len(SPECIAL_TOKENS)),
                         len(row))  # fmt: skip
             confidence.append(float(row_logp[: max(1, stop)].sum().exp()))
@@ -704,6 +736,7 @@ __all__ = [
     "encode",
     "evaluate",
     "generate_answers",
+    "greedy_tokens",
     "load_or_pretrain",
     "load_pretrained",
     "lr_at",
