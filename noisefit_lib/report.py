@@ -1,9 +1,14 @@
 """Numbers into prose and tables, rounded so that stored outputs compare across machines.
 
 Seeded CPU runs agree to about six significant digits across machines, so everything the book
-shows goes through :func:`sig` (four significant digits by default).
+shows goes through :func:`sig` (four significant digits by default). :func:`glue` puts one
+finished number (or an interval, or a verdict) into the prose, :func:`glue_all` a dict of them;
+:func:`show_table` shows rows (a DataFrame or a list of dicts) as a Markdown table.
 
-Explained in: book/contributing.md (Numbers in prose).
+A key that names a verdict (it contains ``verdict``) only takes a value of the book's verdict
+vocabulary (:mod:`noisefit_lib.verdicts`): anything else raises.
+
+Explained in: book/contributing.md (Numbers in prose; Results and verdicts).
 """
 
 from __future__ import annotations
@@ -12,6 +17,11 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import pandas as pd
+
+from noisefit_lib import verdicts
+from noisefit_lib.stats import Estimate
 
 
 def sig(value: float, digits: int = 4) -> float:
@@ -25,23 +35,37 @@ def sig(value: float, digits: int = 4) -> float:
 
 def fmt(value: Any, digits: int = 4) -> str:
     """Format a table cell: floats to ``digits`` significant digits, the rest with ``str``."""
-    if isinstance(value, bool) or not isinstance(value, float):
+    if isinstance(value, bool | numbers.Integral) or not isinstance(value, numbers.Real):
         return str(value)
-    rounded = sig(value, digits)
+    rounded = sig(float(value), digits)
     if math.isfinite(rounded) and rounded == int(rounded) and abs(rounded) < 1e15:
         return str(int(rounded))  # 3270, not 3.27e+03
     return f"{rounded:.{digits}g}"
 
 
-def glue(key: str, value: float | str, digits: int = 4) -> float | int | str:
+def glue(key: str, value: float | str | Estimate, digits: int = 4) -> float | int | str:
     """Store ``value`` under ``key`` for ``{glue:text}`key``` in the book; return what was stored.
 
     Floats are rounded to ``digits`` significant digits first, so that stored outputs compare
-    across machines; integers (counts, sizes) and strings (a verdict, say) are stored as they
-    are. Works without ``myst_nb``
-    too (a plain script on a GPU machine): then it prints the pair.
+    across machines; integers (counts, sizes) and strings are stored as they are; an
+    :class:`~noisefit_lib.stats.Estimate` as its text, ``"+0.021 [-0.155, +0.197]"`` (3 digits
+    unless ``digits`` is given lower). Works without ``myst_nb`` too (a plain script on a GPU
+    machine): then it prints the pair.
+
+    Raises:
+        ValueError: a verdict key (see :func:`noisefit_lib.verdicts.is_verdict_key`) with a value
+            outside the verdict vocabulary.
     """
-    if isinstance(value, str):
+    if verdicts.is_verdict_key(key) and not (
+        isinstance(value, str) and verdicts.is_verdict(value)
+    ):
+        raise ValueError(
+            f"{key!r} names a verdict but {value!r} is not one; verdicts are "
+            f"{', '.join(verdicts.VERDICTS + verdicts.CHECKS)} or 'not tested (<reason>)'"
+        )
+    if isinstance(value, Estimate):
+        stored = value.text(min(digits, 3))
+    elif isinstance(value, str):
         stored = value
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         stored = int(value)  # a count stays a count: "160 people", not "160.0 people"
@@ -56,16 +80,24 @@ def glue(key: str, value: float | str, digits: int = 4) -> float | int | str:
     return stored
 
 
-def table(
-    rows: Sequence[Mapping[str, Any]], digits: int = 4, columns: Sequence[str] | None = None
-) -> str:
-    """A Markdown table of ``rows`` (dicts sharing keys), numbers to ``digits`` digits.
+def glue_all(values: Mapping[str, Any], digits: int = 4) -> dict[str, Any]:
+    """:func:`glue` every ``key: value`` of ``values``; return what was stored, by key."""
+    return {key: glue(key, value, digits) for key, value in values.items()}
+
+
+Rows = Sequence[Mapping[str, Any]] | pd.DataFrame
+
+
+def table(rows: Rows, digits: int = 4, columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (a DataFrame, or dicts sharing keys), floats to ``digits``.
 
     Args:
-        rows: one dict per row; keys become the header (put units in them).
+        rows: one dict (or DataFrame row) per row; keys become the header (put units in them).
         digits: significant digits for floats.
-        columns: the columns to show, in order (default: the first row's keys).
+        columns: the columns to show, in order (default: all, in order).
     """
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict(orient="records")
     if not rows:
         raise ValueError("table() needs at least one row")
     columns = list(columns or rows[0].keys())
@@ -77,9 +109,7 @@ def table(
     return "\n".join(lines)
 
 
-def show_table(
-    rows: Sequence[Mapping[str, Any]], digits: int = 4, columns: Sequence[str] | None = None
-) -> None:
+def show_table(rows: Rows, digits: int = 4, columns: Sequence[str] | None = None) -> None:
     """Display :func:`table` as Markdown in a notebook, or print it in a plain script."""
     text = table(rows, digits=digits, columns=columns)
     try:

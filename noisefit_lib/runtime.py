@@ -10,34 +10,23 @@ cell, with the values of its papermill ``parameters`` cell::
 
 :func:`resolve` validates every name and value (unknown ones fail with a message that lists the
 valid ones), seeds Python, NumPy and torch, picks the device, pins CPU threads and flushes
-denormals. Results are written with :func:`write_results`, atomically, together with the
-config, package versions, git commit, device and wall time.
+denormals. Results files are :mod:`noisefit_lib.records`' business.
 
 Explained in: book/running.md. Used by every chapter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import platform
 import random
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-import noisefit_lib
 
 PRESET_NAMES = ("smoke", "book", "full")
 DEVICES = ("auto", "cpu", "cuda")
@@ -196,112 +185,3 @@ def resolve(
     return RunConfig(
         chapter=chapter, preset=preset, seed=seed, device=resolved_device, values=values
     )
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current commit, suffixed ``-dirty`` when tracked files changed.
-
-    Outside a git checkout (a copied tree on a GPU machine) it is ``$NOISEFIT_GIT_COMMIT`` if set,
-    else ``None``.
-    """
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("NOISEFIT_GIT_COMMIT")
-    return commit + ("-dirty" if dirty else "")
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware that a result depends on."""
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "noisefit_lib": noisefit_lib.__version__,
-    }
-    for name in ("transformers", "peft", "triton"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = getattr(module, "__version__", "unknown")
-    hardware = {
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda"):
-        hardware["gpu"] = torch.cuda.get_device_name(device)
-    return {"versions": versions, "hardware": hardware}
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
-
-    A reader never sees a half-written file, and a crash leaves the old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_results(path: str | Path, results: Mapping[str, Any], cfg: RunConfig) -> Path:
-    """Write ``results`` as JSON with the run's config, environment, commit and wall time.
-
-    Args:
-        path: the JSON file to (over)write atomically.
-        results: JSON-serialisable numbers, lists and dicts.
-        cfg: the run's config, from :func:`resolve`.
-
-    Returns:
-        The path written.
-    """
-    record = {
-        "results": dict(results),
-        "config": cfg.to_dict(),
-        **environment(cfg.device),
-        "git_commit": git_commit(Path(path).resolve().parent),
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(time.perf_counter() - cfg.started, 3),
-    }
-    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    """Read a results file written by :func:`write_results`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path}")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def runs_dir() -> Path:
-    """Where chapters write their results: ``$NOISEFIT_RUNS_DIR``, else ``runs/`` at the repo root.
-
-    The repository root is found by walking up from the working directory to ``pyproject.toml``;
-    outside the repository (Colab, a copied notebook) it is ``./runs``.
-    """
-    if "NOISEFIT_RUNS_DIR" in os.environ:
-        return Path(os.environ["NOISEFIT_RUNS_DIR"])
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "noisefit_lib").is_dir():
-            return folder / "runs"
-    return here / "runs"

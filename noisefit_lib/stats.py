@@ -1,96 +1,206 @@
-"""Confidence intervals for small numbers of seeds or repeated measurements.
+"""Intervals, and the book's one convention for what they are taken over.
 
-Explained in: book/running.md (Reproducibility). Used wherever a chapter reports mean ± CI.
+**The unit of replication is the training run.** A chapter that compares methods trains each of
+them under several seeds; a method's score is one number per seed, and the interval of an
+effect is a t-interval over seeds of the *paired* differences (same seed = same data, same
+initialisation, same batches, so the pairing removes what the methods share). Item-level
+resampling (:func:`item_bootstrap`) describes *one fixed model* on its test set and says so in
+its :attr:`Estimate.unit`; it is never evidence about a training method. :func:`wilson` is for
+one proportion of independent trials.
+
+Tidy tables: :func:`summarise` gives the mean and interval of a value per group, and
+:func:`paired_effects` the paired effect of each method against a baseline, both from a
+DataFrame with one row per (method, seed, ...).
+
+Explained in: book/contributing.md (Results and verdicts). Used by every chapter that reports an
+interval; :mod:`noisefit_lib.verdicts` turns an :class:`Estimate` into a verdict.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
 
-# Two-sided 95 % quantiles of Student's t, t_{0.975, df} for df = 1..30 (standard tables).
-_T975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
+SEEDS = "seeds"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95 % interval ``[low, high]`` over ``n`` units of ``unit``.
+
+    With a single unit the interval is ``[nan, nan]``: one seed gives no interval.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    unit: str = SEEDS
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width (NaN without an interval)."""
+        return (self.high - self.low) / 2
+
+    def text(self, digits: int = 3) -> str:
+        """``"+0.021 [-0.155, +0.197]"``, each number to ``digits`` significant digits."""
+
+        def signed(x: float) -> str:
+            if math.isnan(x):
+                return "n/a"
+            return f"{float(f'{x:.{digits}g}'):+g}" if x != 0 else "0"
+
+        return f"{signed(self.mean)} [{signed(self.low)}, {signed(self.high)}]"
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int | str]:
+        """Plain fields for a results table row: ``mean``, ``low``, ``high``, ``n``."""
+        return {
+            f"{prefix}mean": self.mean,
+            f"{prefix}low": self.low,
+            f"{prefix}high": self.high,
+            f"{prefix}n": self.n,
+        }
 
 
 def t975(df: int) -> float:
     """Student's t quantile for a two-sided 95 % interval with ``df`` degrees of freedom."""
     if df < 1:
         raise ValueError(f"need at least 1 degree of freedom, got {df}")
-    return _T975[df - 1] if df <= len(_T975) else 1.960 + 2.4 / df  # within 0.002 for df > 30
+    return float(scipy_stats.t.ppf(0.975, df))
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95 % t-interval; the half-width is NaN for one value."""
+def _as_1d(values: Sequence[float], name: str) -> np.ndarray:
     x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("mean_ci needs at least one value")
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} needs a non-empty 1-D sequence, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} got non-finite values: {x.tolist()}")
+    return x
+
+
+def seed_mean(values: Sequence[float]) -> Estimate:
+    """Mean over seeds (one value per training run) with its 95 % t-interval."""
+    x = _as_1d(values, "seed_mean")
     if x.size == 1:
-        return float(x[0]), math.nan
-    return float(x.mean()), t975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+        return Estimate(float(x[0]), math.nan, math.nan, 1)
+    mean = float(x.mean())
+    half = t975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return Estimate(mean, mean - half, mean + half, int(x.size))
 
 
-def paired_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired seeds and the half-width of its 95 % t-interval."""
-    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a_arr.shape != b_arr.shape:
-        raise ValueError(f"paired samples need equal shapes, got {a_arr.shape} and {b_arr.shape}")
-    return mean_ci(a_arr - b_arr)
+def paired_difference(treatment: Sequence[float], baseline: Sequence[float]) -> Estimate:
+    """Mean of ``treatment - baseline`` over seeds, paired by index, with its 95 % t-interval.
+
+    Both sequences hold one value per seed, in the same seed order.
+    """
+    a = _as_1d(treatment, "paired_difference")
+    b = _as_1d(baseline, "paired_difference")
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
+    return seed_mean(a - b)
 
 
-def paired_bootstrap_ci(
-    a: Sequence[float],
-    b: Sequence[float],
+def item_bootstrap(
+    treatment: Sequence[float],
+    baseline: Sequence[float],
     *,
     rng: np.random.Generator,
     n_boot: int = 10_000,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(a - b)`` over paired samples.
+) -> Estimate:
+    """Percentile bootstrap over test items of ``mean(treatment - baseline)``, paired by item.
 
-    Args:
-        a: one metric per seed, shape (S,).
-        b: the same metric for the other method, paired with ``a`` by index.
-        rng: the generator that draws the resamples.
-        n_boot: number of resamples.
-        level: coverage of the interval.
+    This describes two *fixed* models on one test set: it says how much the gap would move with
+    other test items, not with another training run. Its unit says so.
     """
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if diff.ndim != 1 or diff.size < 2:
-        raise ValueError("paired_bootstrap_ci needs two 1-D samples of at least 2 values")
+    diff = _as_1d(treatment, "item_bootstrap") - _as_1d(baseline, "item_bootstrap")
+    if diff.size < 2:
+        raise ValueError("item_bootstrap needs at least 2 items")
     means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return Estimate(float(diff.mean()), float(low), float(high), int(diff.size), "items")
+
+
+def wilson(successes: int, n: int) -> Estimate:
+    """A proportion of ``n`` independent trials with its 95 % Wilson score interval."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    z = 1.959963984540054
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n, "trials")
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"the table lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+def summarise(frame: pd.DataFrame, value: str, by: Sequence[str] = ("method",)) -> pd.DataFrame:
+    """Mean and 95 % t-interval over seeds of ``value`` per group of ``by``.
+
+    ``frame`` has one row per training run (and whatever else ``by`` names). The result has the
+    ``by`` columns, then ``mean``, ``low``, ``high`` and ``n`` (seeds), groups in first-seen order.
+    """
+    by = list(by)
+    _check_columns(frame, [*by, value])
+    rows = []
+    for key, group in frame.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key, strict=True)), **seed_mean(group[value]).as_dict()})
+    return pd.DataFrame(rows)
+
+
+def paired_effects(
+    frame: pd.DataFrame,
+    value: str,
+    baseline: str,
+    *,
+    method: str = "method",
+    pair: str = "seed",
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Effect of every method against ``baseline`` on ``value``, paired by ``pair`` (the seed).
+
+    Within each group of ``by`` (a condition, a size, ...), each method other than ``baseline``
+    is matched seed by seed with the baseline; the result has the ``by`` columns, ``method``,
+    ``baseline``, then ``mean``, ``low``, ``high`` and ``n`` of the paired difference.
+
+    Raises:
+        ValueError: when a method's seeds differ from the baseline's (nothing to pair with).
+    """
+    by = list(by)
+    _check_columns(frame, [*by, method, pair, value])
+    groups = frame.groupby(by, sort=False) if by else [((), frame)]
+    rows = []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        labels = dict(zip(by, key, strict=True))
+        base = group[group[method] == baseline].set_index(pair)[value]
+        if base.empty:
+            raise ValueError(f"no rows of baseline {baseline!r} in group {labels or 'all'}")
+        if not base.index.is_unique:
+            raise ValueError(f"baseline {baseline!r} has repeated {pair} values in {labels}")
+        for name, rows_of_method in group.groupby(method, sort=False):
+            if name == baseline:
+                continue
+            treated = rows_of_method.set_index(pair)[value]
+            if sorted(treated.index) != sorted(base.index):
+                raise ValueError(
+                    f"{name!r} has {pair}s {sorted(treated.index)} but baseline {baseline!r} "
+                    f"has {sorted(base.index)} in group {labels or 'all'}: nothing to pair with"
+                )
+            effect = paired_difference(treated.sort_index(), base.sort_index())
+            rows.append({**labels, method: name, "baseline": baseline, **effect.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def estimate_of(row: pd.Series | dict) -> Estimate:
+    """The :class:`Estimate` in a row of :func:`summarise` or :func:`paired_effects`."""
+    return Estimate(float(row["mean"]), float(row["low"]), float(row["high"]), int(row["n"]))
