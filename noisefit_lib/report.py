@@ -56,9 +56,7 @@ def glue(key: str, value: float | str | Estimate, digits: int = 4) -> float | in
         ValueError: a verdict key (see :func:`noisefit_lib.verdicts.is_verdict_key`) with a value
             outside the verdict vocabulary.
     """
-    if verdicts.is_verdict_key(key) and not (
-        isinstance(value, str) and verdicts.is_verdict(value)
-    ):
+    if verdicts.is_verdict_key(key) and not (isinstance(value, str) and verdicts.is_verdict(value)):
         raise ValueError(
             f"{key!r} names a verdict but {value!r} is not one; verdicts are "
             f"{', '.join(verdicts.VERDICTS + verdicts.CHECKS)} or 'not tested (<reason>)'"
@@ -83,6 +81,31 @@ def glue(key: str, value: float | str | Estimate, digits: int = 4) -> float | in
 def glue_all(values: Mapping[str, Any], digits: int = 4) -> dict[str, Any]:
     """:func:`glue` every ``key: value`` of ``values``; return what was stored, by key."""
     return {key: glue(key, value, digits) for key, value in values.items()}
+
+
+def glue_figure(key: str, figure: Any) -> None:
+    """Store a matplotlib ``figure`` under ``key`` for a ```{glue:figure}``` directive.
+
+    The caption then lives in the chapter's Markdown, where it can wrap, instead of in a cell's
+    metadata line::
+
+        ```{glue:figure} fig-key
+        :name: fig-key
+
+        The caption, over as many lines as it needs.
+        ```
+
+    Without ``myst_nb`` (a plain script) the figure is shown instead. The figure is closed.
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        plt.show()
+        return
+    myst_glue(key, figure, display=False)
+    plt.close(figure)
 
 
 Rows = Sequence[Mapping[str, Any]] | pd.DataFrame
