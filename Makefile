@@ -59,7 +59,7 @@ sync: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check noisefit_lib tests tools
+	$(VENV)/bin/ruff format --check noisefit_lib tests tools notebooks
 
 # Wheels that let a bare GPU machine (torch + transformers, no papermill, no index) run chapters.
 gpu-wheels: $(STAMP)

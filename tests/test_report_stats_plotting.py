@@ -2,6 +2,7 @@ import math
 
 import matplotlib as mpl
 import numpy as np
+import pandas as pd
 import pytest
 
 from noisefit_lib import plotting, report, stats
@@ -59,7 +60,26 @@ def test_glue_without_myst_prints(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_myst)
     assert report.glue("speedup", 1.23456) == 1.235
     assert report.glue("verdict", "reproduced") == "reproduced"
-    assert capsys.readouterr().out == "speedup = 1.235\nverdict = reproduced\n"
+    assert report.glue_all({"a": 0.123456, "n": 3}) == {"a": 0.1235, "n": 3}
+    assert capsys.readouterr().out == "speedup = 1.235\nverdict = reproduced\na = 0.1235\nn = 3\n"
+
+
+def test_glue_refuses_a_verdict_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="names a verdict but 'direction only' is not one"):
+        report.glue("claim1_verdict", "direction only")
+    with pytest.raises(ValueError, match="names a verdict"):
+        report.glue("verdict_full", 0.5)
+    assert report.glue("claim1_verdict", "not tested (ceiling)") == "not tested (ceiling)"
+
+
+def test_glue_an_estimate_as_its_text():
+    effect = stats.Estimate(0.0213, -0.1549, 0.1971, 3)
+    assert report.glue("effect", effect) == "+0.0213 [-0.155, +0.197]"
+
+
+def test_table_of_a_dataframe():
+    frame = pd.DataFrame({"method": ["sft"], "acc": [np.float64(0.123456)], "n": [np.int64(3)]})
+    assert report.table(frame).splitlines()[-1] == "| sft | 0.1235 | 3 |"
 
 
 def test_glue_keeps_counts_as_integers():
@@ -71,28 +91,6 @@ def test_glue_keeps_counts_as_integers():
     )
     assert report.glue("big", 123456) == 123456  # not rounded to 4 digits
     assert report.glue("rate", 1.0) == 1.0 and isinstance(report.glue("rate", 1.0), float)
-
-
-def test_mean_ci_matches_t_interval():
-    mean, half = stats.mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert math.isnan(stats.mean_ci([5.0])[1])
-    with pytest.raises(ValueError):
-        stats.mean_ci([])
-
-
-def test_t975_large_df_close_to_normal():
-    assert stats.t975(30) == 2.042 and abs(stats.t975(120) - 1.980) < 0.002
-
-
-def test_paired_ci_and_bootstrap():
-    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.0]
-    mean, half = stats.paired_ci(a, b)
-    assert mean == pytest.approx(0.625) and half > 0
-    low, high = stats.paired_bootstrap_ci(a, b, rng=np.random.default_rng(0))
-    assert 0.5 <= low <= 0.625 <= high <= 1.0
-    with pytest.raises(ValueError):
-        stats.paired_ci([1.0], [1.0, 2.0])
 
 
 def test_house_style_is_explicit_and_restorable():

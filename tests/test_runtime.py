@@ -1,4 +1,3 @@
-import json
 import random
 
 import numpy as np
@@ -78,40 +77,6 @@ def test_streams_are_reproducible_and_independent():
     assert runtime.numpy_stream(1, "x").random() == runtime.numpy_stream(1, "x").random()
 
 
-def test_write_results_is_complete_and_atomic(tmp_path):
-    cfg = runtime.resolve("demo", PRESETS, "smoke", seed=1, device="cpu")
-    path = runtime.write_results(tmp_path / "sub" / "r.json", {"acc": 0.5}, cfg)
-    record = json.loads(path.read_text())
-    assert record["results"] == {"acc": 0.5}
-    assert record["config"]["preset"] == "smoke" and record["config"]["n_steps"] == 2
-    assert record["versions"]["torch"] == torch.__version__
-    assert record["wall_time_s"] >= 0 and "finished_utc" in record and "git_commit" in record
-    assert runtime.read_results(path) == record
-    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary left behind
-
-
-def test_failed_write_keeps_the_old_file(tmp_path):
-    path = runtime.atomic_write_text(tmp_path / "r.json", "old")
-
-    with pytest.raises(TypeError):
-        runtime.atomic_write_text(path, 123)  # not text: fails while writing
-    assert path.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
-
-
-def test_read_results_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results file"):
-        runtime.read_results(tmp_path / "nope.json")
-
-
-def test_runs_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("NOISEFIT_RUNS_DIR", str(tmp_path))
-    assert runtime.runs_dir() == tmp_path
-    monkeypatch.delenv("NOISEFIT_RUNS_DIR")
-    monkeypatch.chdir(tmp_path)
-    assert runtime.runs_dir() == tmp_path / "runs"
-
-
 def test_pin_threads():
     before = torch.get_num_threads()
     try:
@@ -120,10 +85,3 @@ def test_pin_threads():
             runtime.pin_threads(0)
     finally:
         torch.set_num_threads(before)
-
-
-def test_git_commit_outside_a_repository(tmp_path, monkeypatch):
-    monkeypatch.delenv("NOISEFIT_GIT_COMMIT", raising=False)
-    assert runtime.git_commit(tmp_path) is None
-    monkeypatch.setenv("NOISEFIT_GIT_COMMIT", "abc123")
-    assert runtime.git_commit(tmp_path) == "abc123"

@@ -50,9 +50,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -77,15 +85,54 @@ from noisefit_lib.noisefit import inject, losses, noise
 from noisefit_lib.noisefit import layers as nf_layers
 
 PRESETS = {  # alpha, lam, temperature, sigma: v1's defaults; k: noisy blocks (v1's default is 3)
-    "smoke": {"n_seeds": 1, "steps": 4, "batch_size": 8, "lr": 5e-4, "k": 1, "abstain_fraction": 0.2,
-              "alpha": 0.5, "lam": 0.1, "temperature": 1.0, "sigma": 0.1},
-    "book": {"n_seeds": 2, "steps": 24, "batch_size": 16, "lr": 5e-4, "k": 1, "abstain_fraction": 0.2,
-             "alpha": 0.5, "lam": 0.1, "temperature": 1.0, "sigma": 0.1},
-    "full": {"n_seeds": 5, "steps": 150, "batch_size": 64, "lr": 3e-4, "k": 3, "abstain_fraction": 0.2,
-             "alpha": 0.5, "lam": 0.1, "temperature": 1.0, "sigma": 0.1},
+    "smoke": {
+        "n_seeds": 1,
+        "steps": 4,
+        "batch_size": 8,
+        "lr": 5e-4,
+        "k": 1,
+        "abstain_fraction": 0.2,
+        "alpha": 0.5,
+        "lam": 0.1,
+        "temperature": 1.0,
+        "sigma": 0.1,
+    },
+    "book": {
+        "n_seeds": 2,
+        "steps": 24,
+        "batch_size": 16,
+        "lr": 5e-4,
+        "k": 1,
+        "abstain_fraction": 0.2,
+        "alpha": 0.5,
+        "lam": 0.1,
+        "temperature": 1.0,
+        "sigma": 0.1,
+    },
+    "full": {
+        "n_seeds": 5,
+        "steps": 150,
+        "batch_size": 64,
+        "lr": 3e-4,
+        "k": 3,
+        "abstain_fraction": 0.2,
+        "alpha": 0.5,
+        "lam": 0.1,
+        "temperature": 1.0,
+        "sigma": 0.1,
+    },
 }
-cfg = runtime.resolve("hybrid_loss", PRESETS, preset, seed=seed, device=device, n_seeds=n_seeds,
-                      steps=steps, lr=lr, threads=1 if preset != "full" else None)  # tiny models: 1 thread is cheapest
+cfg = runtime.resolve(
+    "hybrid_loss",
+    PRESETS,
+    preset,
+    seed=seed,
+    device=device,
+    n_seeds=n_seeds,
+    steps=steps,
+    lr=lr,
+    threads=1 if preset != "full" else None,
+)  # tiny models: 1 thread is cheapest
 plotting.use_house_style()
 print(cfg.summary())
 
@@ -278,19 +325,27 @@ print(labels)
 # The positions a term averages over. With `shift`, the logits at $t$ are paired with the label
 # at $t+1$ (the cross-entropy's alignment); without it, v1's unshifted mask:
 
+
 # %%
-def positions(z: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def positions(
+    z: torch.Tensor, labels: torch.Tensor, shift: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits that can enter a term, boolean mask M of the ones that do), shapes (B, T', V), (B, T')."""
     if shift:
         return z[:, :-1], labels[:, 1:] != IGNORE
     return z, labels != IGNORE
 
 
-print("shifted M:\n", positions(zc, labels, True)[1].int(), "\nunshifted M (v1):\n",
-      positions(zc, labels, False)[1].int())
+print(
+    "shifted M:\n",
+    positions(zc, labels, True)[1].int(),
+    "\nunshifted M (v1):\n",
+    positions(zc, labels, False)[1].int(),
+)
 
 # %% [markdown]
 # The clean cross-entropy {eq}`eq-hybrid-loss-ce`:
+
 
 # %%
 def ce_term(zc: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -306,6 +361,7 @@ print(f"CE = {ce_term(zc, labels):.6f}")
 # One KL per position, from probabilities $p$ and log-probabilities $\log q$ (`xlogy` makes
 # $0 \log 0 = 0$):
 
+
 # %%
 def kl_rows(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_v p_v (log p_v - log q_v), one value per row."""
@@ -313,37 +369,59 @@ def kl_rows(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 p_demo = F.softmax(zc[0], -1)
-print("KL(p || p) =", kl_rows(p_demo, p_demo.log()).abs().max().item(),
-      "| KL(p || uniform) <= log V:", bool((kl_rows(p_demo, torch.full_like(p_demo, -math.log(V))) <= math.log(V)).all()))
+print(
+    "KL(p || p) =",
+    kl_rows(p_demo, p_demo.log()).abs().max().item(),
+    "| KL(p || uniform) <= log V:",
+    bool((kl_rows(p_demo, torch.full_like(p_demo, -math.log(V))) <= math.log(V)).all()),
+)
 
 # %% [markdown]
 # The soft-target term {eq}`eq-hybrid-loss-soft`, with every switch of the convention in one
 # place:
 
+
 # %%
-def soft_term(zc: torch.Tensor, noisy: list[torch.Tensor], labels: torch.Tensor,
-              conv: losses.KLConvention, T: float = 1.0) -> torch.Tensor:
+def soft_term(
+    zc: torch.Tensor,
+    noisy: list[torch.Tensor],
+    labels: torch.Tensor,
+    conv: losses.KLConvention,
+    T: float = 1.0,
+) -> torch.Tensor:
     """tau / |M| * sum over M of the mean over noisy passes of KL(p || q_j)."""
     z, mask = positions(zc, labels, conv.shift)
     p = F.softmax(z[mask] / T, dim=-1)
     if conv.detach_teacher:
         p = p.detach()
     t_s = T if conv.temperature_on_student else 1.0
-    kls = [kl_rows(p, F.log_softmax(positions(zj, labels, conv.shift)[0][mask] / t_s, dim=-1))
-           for zj in noisy]
+    kls = [
+        kl_rows(p, F.log_softmax(positions(zj, labels, conv.shift)[0][mask] / t_s, dim=-1))
+        for zj in noisy
+    ]
     value = torch.stack(kls).mean(dim=0).mean()
     return value * T**2 if conv.t_squared else value
 
 
-print({name: round(float(soft_term(zc, [z1, z2], labels, conv)), 6)
-       for name, conv in (("FIXED", losses.FIXED), ("V1", losses.V1), ("V2", losses.V2))})
+print(
+    {
+        name: round(float(soft_term(zc, [z1, z2], labels, conv)), 6)
+        for name, conv in (("FIXED", losses.FIXED), ("V1", losses.V1), ("V2", losses.V2))
+    }
+)
 
 # %% [markdown]
 # The consistency term {eq}`eq-hybrid-loss-cons`, $\mathrm{KL}(q_2 \| q_1)$:
 
+
 # %%
-def cons_term(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
-              conv: losses.KLConvention, T: float = 1.0) -> torch.Tensor:
+def cons_term(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    labels: torch.Tensor,
+    conv: losses.KLConvention,
+    T: float = 1.0,
+) -> torch.Tensor:
     """tau' / |M| * sum over M of KL(q_2 || q_1); q_2 detached unless the convention says not."""
     t_s = T if conv.temperature_on_student else 1.0
     a, mask = positions(z1, labels, conv.shift)
@@ -359,15 +437,28 @@ print(f"L_cons (FIXED) = {cons_term(z1, z2, labels, losses.FIXED):.6f}")
 # %% [markdown]
 # And the loss {eq}`eq-hybrid-loss-total`:
 
+
 # %%
-def hybrid(zc: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *,
-           alpha: float = 0.5, lam: float = 0.1, T: float = 1.0,
-           conv: losses.KLConvention = losses.FIXED) -> dict[str, torch.Tensor]:
+def hybrid(
+    zc: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    lam: float = 0.1,
+    T: float = 1.0,
+    conv: losses.KLConvention = losses.FIXED,
+) -> dict[str, torch.Tensor]:
     """alpha CE + (1 - alpha) L_soft + lam L_cons, and its parts."""
     ce, soft = ce_term(zc, labels), soft_term(zc, [z1, z2], labels, conv, T)
     cons = cons_term(z1, z2, labels, conv, T)
-    return {"total": alpha * ce + (1 - alpha) * soft + lam * cons, "ce": ce, "soft": soft,
-            "consistency": cons}
+    return {
+        "total": alpha * ce + (1 - alpha) * soft + lam * cons,
+        "ce": ce,
+        "soft": soft,
+        "consistency": cons,
+    }
 
 
 print({k: round(float(v), 6) for k, v in hybrid(zc, z1, z2, labels).items()})
@@ -375,6 +466,7 @@ print({k: round(float(v), 6) for k, v in hybrid(zc, z1, z2, labels).items()})
 # %% [markdown]
 # The gradients {eq}`eq-hybrid-loss-grad-ce` to {eq}`eq-hybrid-loss-grad-teacher`, one function
 # each, and their assembly into the gradient of $L$ with respect to all three sets of logits:
+
 
 # %%
 def grad_ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -392,6 +484,7 @@ def grad_kl_teacher(z_t: torch.Tensor, t: float, log_q: torch.Tensor) -> torch.T
     p, log_p = F.softmax(z_t / t, -1), F.log_softmax(z_t / t, -1)
     return p * (log_p - log_q - kl_rows(p, log_q).unsqueeze(-1)) / t
 
+
 # %%
 def hybrid_grads(zc, z1, z2, labels, *, alpha=0.5, lam=0.1, T=1.0, conv=losses.FIXED):
     """dL/dzc, dL/dz1, dL/dz2 from the formulas (no autograd)."""
@@ -406,13 +499,18 @@ def hybrid_grads(zc, z1, z2, labels, *, alpha=0.5, lam=0.1, T=1.0, conv=losses.F
     for j, zj in ((1, z1), (2, z2)):
         view(g[j])[mask] += w * grad_kl_student(p, view(zj)[mask], t_s)
         if not conv.detach_teacher:
-            view(g[0])[mask] += w * grad_kl_teacher(view(zc)[mask], T, F.log_softmax(view(zj)[mask] / t_s, -1))
+            view(g[0])[mask] += w * grad_kl_teacher(
+                view(zc)[mask], T, F.log_softmax(view(zj)[mask] / t_s, -1)
+            )
     w = lam * (t_s**2 if conv.t_squared else 1.0) / int(mask.sum())  # consistency KL(q2 || q1)
     q2 = F.softmax(view(z2)[mask] / t_s, -1)
     view(g[1])[mask] += w * grad_kl_student(q2, view(z1)[mask], t_s)
     if not conv.detach_consistency_target:
-        view(g[2])[mask] += w * grad_kl_teacher(view(z2)[mask], t_s, F.log_softmax(view(z1)[mask] / t_s, -1))
+        view(g[2])[mask] += w * grad_kl_teacher(
+            view(z2)[mask], t_s, F.log_softmax(view(z1)[mask] / t_s, -1)
+        )
     return g
+
 
 # %% [markdown]
 # ## Checks
@@ -429,11 +527,15 @@ for conv in CONVENTIONS.values():
         leaves = [z.clone().requires_grad_() for z in (zc, z1, z2)]
         mine = hybrid(*leaves, labels, alpha=0.5, lam=0.1, T=T, conv=conv)
         ours_grad = torch.autograd.grad(mine["total"], leaves)
-        lib = losses.hybrid_loss(None, *leaves, labels, alpha=0.5, lam=0.1, temperature=T, convention=conv)
+        lib = losses.hybrid_loss(
+            None, *leaves, labels, alpha=0.5, lam=0.1, temperature=T, convention=conv
+        )
         lib_grad = torch.autograd.grad(lib.total, leaves)
         for key in mine:
             worst = max(worst, abs(float(mine[key].detach()) - float(getattr(lib, key).detach())))
-        worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(ours_grad, lib_grad, strict=True)))
+        worst = max(
+            worst, max(float((a - b).abs().max()) for a, b in zip(ours_grad, lib_grad, strict=True))
+        )
 assert worst < 1e-10, worst
 print(f"hybrid == losses.hybrid_loss for FIXED, V1, V2 at T = 1 and 2: max difference {worst:.1e}")
 
@@ -457,7 +559,9 @@ cases = {  # (mode, faithful): what our functions say it is
     ("ce_noisy", True): ce_term(z1, labels),
 }
 for (mode, faithful), value in cases.items():
-    lib = losses.ablation_loss(mode, labels, clean=zc, noisy1=z1, noisy2=z2, faithful=faithful, **kw)
+    lib = losses.ablation_loss(
+        mode, labels, clean=zc, noisy1=z1, noisy2=z2, faithful=faithful, **kw
+    )
     assert abs(float(lib.total) - float(value)) < 1e-10, (mode, faithful)
 fast = losses.hybrid_loss(None, zc, z1, z2, labels, **kw, second_student=False).total
 assert abs(float(fast) - float(cases[("full", False)])) < 1e-10
@@ -474,7 +578,9 @@ for conv in CONVENTIONS.values():
         leaves = [z.clone().requires_grad_() for z in (zc, z1, z2)]
         auto = torch.autograd.grad(hybrid(*leaves, labels, T=T, conv=conv)["total"], leaves)
         formula = hybrid_grads(zc, z1, z2, labels, T=T, conv=conv)
-        worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(auto, formula, strict=True)))
+        worst = max(
+            worst, max(float((a - b).abs().max()) for a, b in zip(auto, formula, strict=True))
+        )
 assert worst < 1e-12, worst
 _ = report.glue("grad_worst", f"{worst:.0e}")
 print(f"claim 1 holds: max |formula - autograd| = {worst:.1e}")
@@ -494,8 +600,10 @@ cos = float(F.cosine_similarity(g_ce, g_teacher))
 p_after = F.softmax(z_clean - 0.5 * g_teacher, -1)[0, 0]  # one descent step on the soft term
 assert cos < 0 and p_after < F.softmax(z_clean, -1)[0, 0]
 _ = report.glue("toy_cos", cos, 3)
-print(f"cos(grad CE, grad soft on z_c) = {cos:.4f}; clean p(label) {F.softmax(z_clean, -1)[0, 0]:.4f} "
-      f"-> {p_after:.4f} after a step on the soft term alone")
+print(
+    f"cos(grad CE, grad soft on z_c) = {cos:.4f}; clean p(label) {F.softmax(z_clean, -1)[0, 0]:.4f} "
+    f"-> {p_after:.4f} after a step on the soft term alone"
+)
 
 # %% [markdown]
 # The soft term's gradient on the clean logits points against the cross-entropy's, and a step
@@ -512,22 +620,30 @@ kl_val, soft_ce = kl_rows(p, log_q).sum(), -(p * log_q).sum()
 entropy = -(p * p.log()).sum()
 assert torch.allclose(soft_ce - kl_val, entropy)
 g_kl, g_sce = (torch.autograd.grad(v, zt, retain_graph=True)[0] for v in (kl_val, soft_ce))
-g_entropy = -p.detach() * (p.detach().log() + entropy.detach())  # eq-hybrid-loss-grad-entropy, T = 1
+g_entropy = -p.detach() * (
+    p.detach().log() + entropy.detach()
+)  # eq-hybrid-loss-grad-entropy, T = 1
 assert torch.allclose(g_sce - g_kl, g_entropy, atol=1e-12)
-print(f"soft CE - KL = H(p) = {entropy.item():.4f}; teacher gradients differ by grad H(p), "
-      f"norm {float(g_entropy.norm()):.4f}")
+print(
+    f"soft CE - KL = H(p) = {entropy.item():.4f}; teacher gradients differ by grad H(p), "
+    f"norm {float(g_entropy.norm()):.4f}"
+)
 
 # %% [markdown]
 # **Claim 4: the temperature on one side.** No noise at all ($z_1 = z_2 = z_c$), $T = 2$:
 
 # %%
-same = {name: float(soft_term(zc, [zc, zc], labels, conv, T=2.0)) for name, conv in CONVENTIONS.items()}
+same = {
+    name: float(soft_term(zc, [zc, zc], labels, conv, T=2.0)) for name, conv in CONVENTIONS.items()
+}
 student_grad = hybrid_grads(zc, zc, zc, labels, T=2.0, conv=losses.V1)[1]
 assert same["FIXED"] < 1e-12 and same["V2"] < 1e-12 and same["V1"] > 1e-3
 assert student_grad.abs().max() > 1e-4
 _ = report.glue("v1_soft_T2", same["V1"], 3)
-print({k: round(abs(v), 6) for k, v in same.items()}, f"| V1 student gradient at zero noise: max "
-      f"{float(student_grad.abs().max()):.4f}")
+print(
+    {k: round(abs(v), 6) for k, v in same.items()},
+    f"| V1 student gradient at zero noise: max {float(student_grad.abs().max()):.4f}",
+)
 
 # %% [markdown]
 # **Claim 5: the unshifted mask**, on two real fine-tuning texts of the world of chapter 1, with
@@ -538,21 +654,31 @@ world, base = tiny_lm.base_model(cfg.preset, seed=cfg.seed, device=cfg.device)
 
 # %%
 tok = base.tokenizer
-sft_items = world.sft_items(abstain_fraction=cfg.abstain_fraction,
-                            generator=runtime.numpy_stream(cfg.seed, "hybrid-loss-sft"))
+sft_items = world.sft_items(
+    abstain_fraction=cfg.abstain_fraction,
+    generator=runtime.numpy_stream(cfg.seed, "hybrid-loss-sft"),
+)
 ids2, mask2 = tiny_lm.pad(tiny_lm.encode(tok, [it.text for it in sft_items[:2]]))
 full_labels = ids2.masked_fill(mask2 == 0, IGNORE)
-n_prompt = [len(s) for s in tiny_lm.prompt_ids(tok, [it.prompt for it in sft_items[:2]])]  # <bos> + question
+n_prompt = [
+    len(s) for s in tiny_lm.prompt_ids(tok, [it.prompt for it in sft_items[:2]])
+]  # <bos> + question
 completion = full_labels.clone()
 for row, n in enumerate(n_prompt):
     completion[row, :n] = IGNORE  # labels on the answer and the end tokens only
 words = tok.convert_ids_to_tokens(ids2[0].tolist())
 rows = []
 for t, word in enumerate(words[:-1]):
-    rows.append({"t": t, "token": word, "predicts": words[t + 1],
-                 "CE (completion)": int(completion[0, t + 1] != IGNORE),
-                 "KL shifted (ours)": int(completion[0, t + 1] != IGNORE),
-                 "KL unshifted (v1)": int(completion[0, t] != IGNORE)})
+    rows.append(
+        {
+            "t": t,
+            "token": word,
+            "predicts": words[t + 1],
+            "CE (completion)": int(completion[0, t + 1] != IGNORE),
+            "KL shifted (ours)": int(completion[0, t + 1] != IGNORE),
+            "KL unshifted (v1)": int(completion[0, t] != IGNORE),
+        }
+    )
 report.show_table(rows)
 
 # %%
@@ -562,9 +688,11 @@ answer_pos = n_prompt[0] - 1  # the position whose logits predict the answer wor
 assert extra == len(ids2) and bool(completion[0, answer_pos] == IGNORE)
 assert bool(positions(ids2[..., None], completion, True)[1][0, answer_pos])
 _ = report.glue("mask_extra_frac", extra / int(unshifted_m.sum()), 3)
-print(f"full labels: v1's mask has {extra} extra positions (one per sequence), "
-      f"{extra / int(unshifted_m.sum()):.1%} of its positions; completion-only: v1's mask misses "
-      f"position {answer_pos} ({words[answer_pos]!r} -> {words[answer_pos + 1]!r})")
+print(
+    f"full labels: v1's mask has {extra} extra positions (one per sequence), "
+    f"{extra / int(unshifted_m.sum()):.1%} of its positions; completion-only: v1's mask misses "
+    f"position {answer_pos} ({words[answer_pos]!r} -> {words[answer_pos + 1]!r})"
+)
 
 # %% [markdown]
 # With completion-only labels, the shifted mask keeps the position of `A:`, whose logits choose the
@@ -581,8 +709,15 @@ print(f"full labels: v1's mask has {extra} extra positions (one per sequence), "
 first = tiny_lm.pad(tiny_lm.encode(tok, [it.text for it in sft_items[: cfg.batch_size]]))
 probe = {"input_ids": first[0].to(cfg.device), "attention_mask": first[1].to(cfg.device)}
 probe["labels"] = probe["input_ids"].masked_fill(probe["attention_mask"] == 0, IGNORE)
-choice = nf_layers.choose_layers(base.model, "snr", batch=probe, k=cfg.k, snr_format="Largest",
-                                 sigma=cfg.sigma, generator=runtime.stream(cfg.seed, "hybrid-loss-snr"))
+choice = nf_layers.choose_layers(
+    base.model,
+    "snr",
+    batch=probe,
+    k=cfg.k,
+    snr_format="Largest",
+    sigma=cfg.sigma,
+    generator=runtime.stream(cfg.seed, "hybrid-loss-snr"),
+)
 NOISE = {"ours": noise.AdaptiveNoise(cfg.sigma), "v1": noise.AdaptiveNoise.faithful_v1(cfg.sigma)}
 print("noisy blocks (v1 SNR, Largest):", choice.layers)
 
@@ -591,48 +726,78 @@ def three_passes(model, batch, noise_fn, generator):
     """Clean, noisy 1 and noisy 2 logits of one batch, stacked in one forward pass."""
     x = {k: batch[k].repeat(3, 1) for k in ("input_ids", "attention_mask")}
     b = len(batch["input_ids"])
-    with inject.NoiseInjector(model, choice.layers, noise_fn, generator=generator) as inj, torch.no_grad():
+    with (
+        inject.NoiseInjector(model, choice.layers, noise_fn, generator=generator) as inj,
+        torch.no_grad(),
+    ):
         with inj.active(rows=slice(b, None), token_mask=batch["attention_mask"].repeat(2, 1)):
             logits = model(**x).logits
     return logits.split(b), inj.noise_ratios()
+
 
 # %%
 base.model.train()  # noise fires in training mode only; the tiny Llama has no dropout
 scale_rows, cosines = [], {}
 for name, fn in NOISE.items():
-    gen_n = torch.Generator(device=cfg.device).manual_seed(runtime.stream(cfg.seed, f"probe-{name}").initial_seed())
+    gen_n = torch.Generator(device=cfg.device).manual_seed(
+        runtime.stream(cfg.seed, f"probe-{name}").initial_seed()
+    )
     (c, n1, n2), ratios = three_passes(base.model, probe, fn, gen_n)
     leaves = [z.detach().double().requires_grad_() for z in (c, n1, n2)]
     lab = probe["labels"]
     for conv_name in ("FIXED", "V1"):
         terms = hybrid(*leaves, lab, conv=CONVENTIONS[conv_name])
-        scale_rows.append({"noise": name, "convention": conv_name, "noise std / hidden std": max(ratios.values()),
-                           **{k: float(v.detach()) for k, v in terms.items()}})
+        scale_rows.append(
+            {
+                "noise": name,
+                "convention": conv_name,
+                "noise std / hidden std": max(ratios.values()),
+                **{k: float(v.detach()) for k, v in terms.items()},
+            }
+        )
     g_ce = torch.autograd.grad(ce_term(leaves[0], lab), leaves[0])[0]
     g_soft = torch.autograd.grad(soft_term(leaves[0], leaves[1:], lab, losses.V1), leaves[0])[0]
     cosines[name] = float(F.cosine_similarity(g_ce.flatten(), g_soft.flatten(), dim=0))
 base.model.eval()
 report.show_table(scale_rows)
-print("cos(grad CE, grad of v1's soft term) on the clean logits:", {k: report.sig(v) for k, v in cosines.items()})
+print(
+    "cos(grad CE, grad of v1's soft term) on the clean logits:",
+    {k: report.sig(v) for k, v in cosines.items()},
+)
 
 # %%
 by = {(r["noise"], r["convention"]): r for r in scale_rows}
-ratio_gap = by[("ours", "FIXED")]["noise std / hidden std"] / by[("v1", "V1")]["noise std / hidden std"]
+ratio_gap = (
+    by[("ours", "FIXED")]["noise std / hidden std"] / by[("v1", "V1")]["noise std / hidden std"]
+)
 soft_gap = by[("ours", "FIXED")]["soft"] / by[("v1", "V1")]["soft"]
 assert ratio_gap > 3 and soft_gap > ratio_gap  # v1's noise is smaller, its KL terms smaller still
-for key, value in (("ratio_ours", by[("ours", "FIXED")]["noise std / hidden std"]),
-                   ("ratio_v1", by[("v1", "V1")]["noise std / hidden std"]),
-                   ("soft_ours", by[("ours", "FIXED")]["soft"]), ("soft_v1", by[("v1", "V1")]["soft"]),
-                   ("cons_v1", by[("v1", "V1")]["consistency"]), ("ce_base", by[("v1", "V1")]["ce"]),
-                   ("ratio_gap", ratio_gap), ("soft_gap", soft_gap),
-                   ("cos_ours", cosines["ours"]), ("cos_v1", cosines["v1"])):
+for key, value in (
+    ("ratio_ours", by[("ours", "FIXED")]["noise std / hidden std"]),
+    ("ratio_v1", by[("v1", "V1")]["noise std / hidden std"]),
+    ("soft_ours", by[("ours", "FIXED")]["soft"]),
+    ("soft_v1", by[("v1", "V1")]["soft"]),
+    ("cons_v1", by[("v1", "V1")]["consistency"]),
+    ("ce_base", by[("v1", "V1")]["ce"]),
+    ("ratio_gap", ratio_gap),
+    ("soft_gap", soft_gap),
+    ("cos_ours", cosines["ours"]),
+    ("cos_v1", cosines["v1"]),
+):
     report.glue(key, value, 3)
 n_neg = sum(c < 0 for c in cosines.values())
-_ = report.glue("cos_words", {2: "with both noises the live teacher's gradient works against the cross-entropy, as in "
-                                 "the toy example", 1: "the sign depends on the noise, so claim 2's direction is not a "
-                                 "general rule on this model", 0: "here, averaged over a real batch, it does not work "
-                                 "against the cross-entropy; claim 2's direction holds per position when noise lowers "
-                                 "the confidence in the label, not on every batch"}[n_neg])
+_ = report.glue(
+    "cos_words",
+    {
+        2: "with both noises the live teacher's gradient works against the cross-entropy, as in "
+        "the toy example",
+        1: "the sign depends on the noise, so claim 2's direction is not a "
+        "general rule on this model",
+        0: "here, averaged over a real batch, it does not work "
+        "against the cross-entropy; claim 2's direction holds per position when noise lowers "
+        "the confidence in the label, not on every batch",
+    }[n_neg],
+)
 
 # %% [markdown]
 # v1's noise is {glue:text}`ratio_gap` times smaller than our default's (noise std over hidden
@@ -654,7 +819,14 @@ for factor in (1.0, 0.5):
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0)
     (factor * m(**probe).loss).backward()
     opt.step()
-    steps_taken.append(torch.cat([(a - b).detach().flatten() for a, b in zip(m.parameters(), base.model.parameters(), strict=True)]))
+    steps_taken.append(
+        torch.cat(
+            [
+                (a - b).detach().flatten()
+                for a, b in zip(m.parameters(), base.model.parameters(), strict=True)
+            ]
+        )
+    )
 rel = float((steps_taken[0] - steps_taken[1]).norm() / steps_taken[0].norm())
 assert rel < 1e-2
 print(f"Adam step on CE vs on 0.5 CE: relative difference {rel:.1e}")
@@ -720,13 +892,16 @@ SEEDS = [cfg.seed + i for i in range(cfg.n_seeds)]
 train_ids = tiny_lm.encode(tok, [it.text for it in sft_items])
 test_sets = {s: world.split(s) for s in ("test_known", "test_unknown")}
 _ = report.glue("abstain_pct", round(100 * cfg.abstain_fraction))
-print(f"{len(VARIANTS)} variants x {len(SEEDS)} seeds, {cfg.steps} steps of {cfg.batch_size} "
-      f"texts from {len(train_ids)} ({len(train_ids) - len(world.split('sft'))} abstentions), "
-      f"lr {cfg.lr}; noisy blocks {choice.layers}; test sets {[len(v) for v in test_sets.values()]}")
+print(
+    f"{len(VARIANTS)} variants x {len(SEEDS)} seeds, {cfg.steps} steps of {cfg.batch_size} "
+    f"texts from {len(train_ids)} ({len(train_ids) - len(world.split('sft'))} abstentions), "
+    f"lr {cfg.lr}; noisy blocks {choice.layers}; test sets {[len(v) for v in test_sets.values()]}"
+)
 
 # %% [markdown]
 # One fine-tuning run: a short loop (draw a batch, three stacked passes, the variant's weighted
 # terms, a clipped AdamW step), then the answers:
+
 
 # %%
 def fine_tune(variant: str, run_seed: int) -> dict:
@@ -734,8 +909,14 @@ def fine_tune(variant: str, run_seed: int) -> dict:
     w_ce, w_soft, w_cons, conv, noise_name = VARIANTS[variant]
     model = copy.deepcopy(base.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    order = torch.randint(len(train_ids), (cfg.steps, cfg.batch_size), generator=runtime.stream(run_seed, "hybrid-loss-batches"))
-    gen_n = torch.Generator(device=cfg.device).manual_seed(runtime.stream(run_seed, "hybrid-loss-noise").initial_seed())
+    order = torch.randint(
+        len(train_ids),
+        (cfg.steps, cfg.batch_size),
+        generator=runtime.stream(run_seed, "hybrid-loss-batches"),
+    )
+    gen_n = torch.Generator(device=cfg.device).manual_seed(
+        runtime.stream(run_seed, "hybrid-loss-noise").initial_seed()
+    )
     inj = inject.NoiseInjector(model, choice.layers, NOISE[noise_name or "ours"], generator=gen_n)
     curves = {"ce": [], "soft": [], "consistency": []}
     with inj:
@@ -743,41 +924,72 @@ def fine_tune(variant: str, run_seed: int) -> dict:
             ids, mask = (t.to(cfg.device) for t in tiny_lm.pad([train_ids[int(i)] for i in idx]))
             lab = ids.masked_fill(mask == 0, IGNORE)
             if noise_name is None:
-                terms = losses.cross_entropy_only(model(input_ids=ids, attention_mask=mask).logits, lab)
+                terms = losses.cross_entropy_only(
+                    model(input_ids=ids, attention_mask=mask).logits, lab
+                )
             else:
                 b = len(ids)
                 with inj.active(rows=slice(b, None), token_mask=mask.repeat(2, 1)):
-                    logits = model(input_ids=ids.repeat(3, 1), attention_mask=mask.repeat(3, 1)).logits
-                terms = losses.hybrid_loss(None, *logits.split(b), lab, temperature=cfg.temperature, convention=conv)
+                    logits = model(
+                        input_ids=ids.repeat(3, 1), attention_mask=mask.repeat(3, 1)
+                    ).logits
+                terms = losses.hybrid_loss(
+                    None, *logits.split(b), lab, temperature=cfg.temperature, convention=conv
+                )
             total = w_ce * terms.ce + w_soft * terms.soft + w_cons * terms.consistency
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             for k in curves:
-                curves[k].append(float(getattr(terms, k).detach()) if noise_name or k == "ce" else None)
+                curves[k].append(
+                    float(getattr(terms, k).detach()) if noise_name or k == "ce" else None
+                )
         ratio = max(inj.noise_ratios().values(), default=0.0)
-    evals = {s: tiny_lm.evaluate(model, tok, world, items, batch_size=1024) for s, items in test_sets.items()}
-    return {"variant": variant, "seed": run_seed, "curves": curves, "noise_ratio": ratio,
-            "scores": {s: e.rates() for s, e in evals.items()}, "outcomes": {s: e.outcomes for s, e in evals.items()}}
+    evals = {
+        s: tiny_lm.evaluate(model, tok, world, items, batch_size=1024)
+        for s, items in test_sets.items()
+    }
+    return {
+        "variant": variant,
+        "seed": run_seed,
+        "curves": curves,
+        "noise_ratio": ratio,
+        "scores": {s: e.rates() for s, e in evals.items()},
+        "outcomes": {s: e.outcomes for s, e in evals.items()},
+    }
+
 
 # %% [markdown]
 # The base model's own answers, for reference, and the runs:
 
 # %%
-base_scores = {s: tiny_lm.evaluate(base.model, tok, world, items, batch_size=1024).rates()
-               for s, items in test_sets.items()}
+base_scores = {
+    s: tiny_lm.evaluate(base.model, tok, world, items, batch_size=1024).rates()
+    for s, items in test_sets.items()
+}
 print({s: {k: report.sig(v) for k, v in r.items()} for s, r in base_scores.items()})
 
 # %% tags=["nbval-ignore-output", "remove-stderr"]
 from tqdm import tqdm
 
-runs = [fine_tune(v, s) for s, v in tqdm([(s, v) for s in SEEDS for v in VARIANTS], desc=f"{cfg.preset}: runs")]
+runs = [
+    fine_tune(v, s)
+    for s, v in tqdm([(s, v) for s in SEEDS for v in VARIANTS], desc=f"{cfg.preset}: runs")
+]
 
 # %%
-results = {"base_scores": base_scores, "noisy_layers": choice.layers, "runs": runs,
-           "variants": list(VARIANTS), "seeds": SEEDS, "scale_rows": scale_rows}
-runtime.write_results(runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json", results, cfg)
+results = {
+    "base_scores": base_scores,
+    "noisy_layers": choice.layers,
+    "runs": runs,
+    "variants": list(VARIANTS),
+    "seeds": SEEDS,
+    "scale_rows": scale_rows,
+}
+runtime.write_results(
+    runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json", results, cfg
+)
 print(f"{len(runs)} runs written")
 
 # %% [markdown]
@@ -792,26 +1004,37 @@ print(f"{len(runs)} runs written")
 # questions and, through the average, part of the seed-to-seed variation, not all of it.
 
 # %%
-METRICS = {"known acc": ("test_known", "correct"), "known halluc": ("test_known", "hallucinated"),
-           "unknown halluc": ("test_unknown", "hallucinated"), "unknown abstain": ("test_unknown", "abstained")}
+METRICS = {
+    "known acc": ("test_known", "correct"),
+    "known halluc": ("test_known", "hallucinated"),
+    "unknown halluc": ("test_unknown", "hallucinated"),
+    "unknown abstain": ("test_unknown", "abstained"),
+}
 
 
 def item_rates(all_runs: list[dict], variant: str, name: str) -> np.ndarray:
     """Per test question: the fraction of seeds whose answer had the metric's outcome."""
     split, outcome = METRICS[name]
-    hits = [[o == outcome for o in r["outcomes"][split]] for r in all_runs if r["variant"] == variant]
+    hits = [
+        [o == outcome for o in r["outcomes"][split]] for r in all_runs if r["variant"] == variant
+    ]
     return np.mean(np.array(hits, dtype=float), axis=0)
 
 
-def paired(variant: str, name: str, against: str = "SFT", all_runs: list[dict] | None = None) -> tuple[float, float, float]:
+def paired(
+    variant: str, name: str, against: str = "SFT", all_runs: list[dict] | None = None
+) -> tuple[float, float, float]:
     """(mean difference, low, high) of variant - against, paired bootstrap over questions."""
     a, b = (item_rates(all_runs or runs, v, name) for v in (variant, against))
-    low, high = stats.paired_bootstrap_ci(a, b, rng=runtime.numpy_stream(cfg.seed, f"boot-{variant}-{against}-{name}"),
-                                          n_boot=4000)
+    low, high = stats.paired_bootstrap_ci(
+        a, b, rng=runtime.numpy_stream(cfg.seed, f"boot-{variant}-{against}-{name}"), n_boot=4000
+    )
     return float(np.mean(a - b)), low, high
 
 
-def delta_text(variant: str, name: str, against: str = "SFT", all_runs: list[dict] | None = None) -> str:
+def delta_text(
+    variant: str, name: str, against: str = "SFT", all_runs: list[dict] | None = None
+) -> str:
     d, low, high = paired(variant, name, against, all_runs)
     return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]"
 
@@ -825,10 +1048,13 @@ for v in VARIANTS:
 report.show_table(table_rows)
 
 # %% mystnb={"figure": {"name": "fig-hybrid-loss-terms", "caption": "Top and bottom left: the clean cross-entropy, the soft-target KL and the consistency KL of each training batch, each computed under the variant's own convention, against the optimizer step (mean over seeds; bands: min to max over seeds). SFT computes only the cross-entropy. Bottom right: test_known accuracy minus SFT's, with 95 % paired bootstrap intervals over the test questions."}}
-STYLES = {"SFT": plotting.method_style("sft"), "full": plotting.method_style("noisefit"),
-          **{v: plotting.style(i) for i, v in enumerate(list(VARIANTS)[2:7], start=2)},
-          "full, v1 loss": {**plotting.method_style("noisefit"), "linestyle": ":", "marker": "^"},
-          "v1 faithful": {**plotting.method_style("noisefit"), "linestyle": "-.", "marker": "X"}}
+STYLES = {
+    "SFT": plotting.method_style("sft"),
+    "full": plotting.method_style("noisefit"),
+    **{v: plotting.style(i) for i, v in enumerate(list(VARIANTS)[2:7], start=2)},
+    "full, v1 loss": {**plotting.method_style("noisefit"), "linestyle": ":", "marker": "^"},
+    "v1 faithful": {**plotting.method_style("noisefit"), "linestyle": "-.", "marker": "X"},
+}
 fig, grid = plt.subplots(2, 2, figsize=(13, 8), layout="constrained")
 axes = grid.flatten()
 steps_axis = np.arange(1, cfg.steps + 1)
@@ -838,14 +1064,32 @@ for i, v in enumerate(VARIANTS):
         curves = np.array([r["curves"][key] for r in runs if r["variant"] == v], dtype=float)
         if np.isnan(curves).all():
             continue
-        ax.plot(steps_axis, curves.mean(0), color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
-                markevery=max(1, cfg.steps // 6), markersize=4, label=v)
+        ax.plot(
+            steps_axis,
+            curves.mean(0),
+            color=st["color"],
+            linestyle=st["linestyle"],
+            marker=st["marker"],
+            markevery=max(1, cfg.steps // 6),
+            markersize=4,
+            label=v,
+        )
         ax.fill_between(steps_axis, curves.min(0), curves.max(0), color=st["color"], alpha=0.15)
     if v != "SFT":
         d, low, high = paired(v, "known acc")
-        axes[3].errorbar([d], [i], xerr=[[d - low], [high - d]], color=st["color"], marker=st["marker"], capsize=3)
-for ax, label in zip(axes[:3], ("clean CE (nats / token)", "soft-target KL (nats / token)",
-                                "consistency KL (nats / token)"), strict=True):
+        axes[3].errorbar(
+            [d],
+            [i],
+            xerr=[[d - low], [high - d]],
+            color=st["color"],
+            marker=st["marker"],
+            capsize=3,
+        )
+for ax, label in zip(
+    axes[:3],
+    ("clean CE (nats / token)", "soft-target KL (nats / token)", "consistency KL (nats / token)"),
+    strict=True,
+):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(label)
 axes[1].set_yscale("log")
@@ -856,6 +1100,7 @@ axes[3].set_yticks(range(1, len(VARIANTS)), list(VARIANTS)[1:], fontsize=8)
 axes[3].set_xlabel("test_known accuracy − SFT's (fraction of questions)")
 plt.show()
 
+
 # %%
 def mean_of(variant: str, name: str) -> float:
     return float(item_rates(runs, variant, name).mean())
@@ -864,46 +1109,86 @@ def mean_of(variant: str, name: str) -> float:
 def collapsed(variant: str) -> bool:
     """Collapse: at most half the base model's accuracy on test_known, or most answers malformed."""
     runs_v = [r for r in runs if r["variant"] == variant]
-    return all(r["scores"]["test_known"]["correct"] < 0.5 * base_scores["test_known"]["correct"]
-               or r["scores"]["test_known"]["malformed"] > 0.5 for r in runs_v)
+    return all(
+        r["scores"]["test_known"]["correct"] < 0.5 * base_scores["test_known"]["correct"]
+        or r["scores"]["test_known"]["malformed"] > 0.5
+        for r in runs_v
+    )
 
 
-for key, (v, name) in {"sft_acc": ("SFT", "known acc"), "full_acc": ("full", "known acc"),
-                       "sft_hall": ("SFT", "known halluc"), "sft_abst": ("SFT", "unknown abstain"),
-                       "softonly_acc": ("soft only (v2 code)", "known acc"),
-                       "consonly_acc": ("consistency only (v2 code)", "known acc"),
-                       "noce_acc": ("full − CE", "known acc")}.items():
+for key, (v, name) in {
+    "sft_acc": ("SFT", "known acc"),
+    "full_acc": ("full", "known acc"),
+    "sft_hall": ("SFT", "known halluc"),
+    "sft_abst": ("SFT", "unknown abstain"),
+    "softonly_acc": ("soft only (v2 code)", "known acc"),
+    "consonly_acc": ("consistency only (v2 code)", "known acc"),
+    "noce_acc": ("full − CE", "known acc"),
+}.items():
     report.glue(key, mean_of(v, name), 3)
-malformed = {v: float(np.mean([r["scores"]["test_known"]["malformed"] for r in runs if r["variant"] == v]))
-             for v in VARIANTS}
-_ = report.glue("noce_malformed", max(malformed[v] for v in ("full − CE", "soft only (v2 code)",
-                                                              "consistency only (v2 code)")), 3)
+malformed = {
+    v: float(np.mean([r["scores"]["test_known"]["malformed"] for r in runs if r["variant"] == v]))
+    for v in VARIANTS
+}
+_ = report.glue(
+    "noce_malformed",
+    max(malformed[v] for v in ("full − CE", "soft only (v2 code)", "consistency only (v2 code)")),
+    3,
+)
 _ = report.glue("base_acc", base_scores["test_known"]["correct"], 3)
 _ = report.glue("base_hall", base_scores["test_known"]["hallucinated"], 3)
-for key, (v, name) in {"d_full_acc": ("full", "known acc"), "d_full_hall": ("full", "known halluc"),
-                       "d_v1_acc": ("v1 faithful", "known acc"), "d_v1_hall": ("v1 faithful", "known halluc"),
-                       "d_v1loss_acc": ("full, v1 loss", "known acc")}.items():
+for key, (v, name) in {
+    "d_full_acc": ("full", "known acc"),
+    "d_full_hall": ("full", "known halluc"),
+    "d_v1_acc": ("v1 faithful", "known acc"),
+    "d_v1_hall": ("v1 faithful", "known halluc"),
+    "d_v1loss_acc": ("full, v1 loss", "known acc"),
+}.items():
     report.glue(key, delta_text(v, name))
-_ = report.glue("train_ratio_v1", float(np.mean([r["noise_ratio"] for r in runs if r["variant"] == "v1 faithful"])), 3)
-_ = report.glue("train_ratio_ours", float(np.mean([r["noise_ratio"] for r in runs if r["variant"] == "full"])), 3)
+_ = report.glue(
+    "train_ratio_v1",
+    float(np.mean([r["noise_ratio"] for r in runs if r["variant"] == "v1 faithful"])),
+    3,
+)
+_ = report.glue(
+    "train_ratio_ours",
+    float(np.mean([r["noise_ratio"] for r in runs if r["variant"] == "full"])),
+    3,
+)
 _ = report.glue("n_seeds", str(len(SEEDS)))
 _ = report.glue("n_steps", str(cfg.steps))
 _ = report.glue("n_sft_people", str(len(world.group("sft"))))
 last = [r["curves"]["ce"][-1] / r["curves"]["soft"][-1] for r in runs if r["variant"] == "full"]
 _ = report.glue("ce_over_soft", float(np.mean(last)), 2)
 sft_cost = mean_of("SFT", "known acc") < base_scores["test_known"]["correct"]
-_ = report.glue("sft_vs_base", "costs the base model some of its known facts" if sft_cost
-                else "does not cost the base model its known facts")
+_ = report.glue(
+    "sft_vs_base",
+    "costs the base model some of its known facts"
+    if sft_cost
+    else "does not cost the base model its known facts",
+)
 _, low, high = paired("v1 faithful", "known acc")
-_ = report.glue("v1_like_sft", "indistinguishable from SFT, as claim 6 predicted" if low <= 0 <= high
-                else "measurably different from SFT, against claim 6's prediction")
+_ = report.glue(
+    "v1_like_sft",
+    "indistinguishable from SFT, as claim 6 predicted"
+    if low <= 0 <= high
+    else "measurably different from SFT, against claim 6's prediction",
+)
 no_ce = ("full − CE", "soft only (v2 code)", "consistency only (v2 code)")
 n_collapsed = sum(collapsed(v) for v in no_ce)
-_ = report.glue("collapse_text", {3: "all three collapse", 0: "none of them collapses"}.get(
-    n_collapsed, f"{n_collapsed} of the three collapse"))
-_ = report.glue("detach_text", "Detaching the teacher does not prevent it: full − CE uses our detached convention "
-                "and collapses too." if collapsed("full − CE") else
-                "Full − CE, which uses our detached convention, does not collapse.")
+_ = report.glue(
+    "collapse_text",
+    {3: "all three collapse", 0: "none of them collapses"}.get(
+        n_collapsed, f"{n_collapsed} of the three collapse"
+    ),
+)
+_ = report.glue(
+    "detach_text",
+    "Detaching the teacher does not prevent it: full − CE uses our detached convention "
+    "and collapses too."
+    if collapsed("full − CE")
+    else "Full − CE, which uses our detached convention, does not collapse.",
+)
 
 # %% [markdown]
 # The base model answers {glue:text}`base_acc` of the `test_known` questions correctly and
@@ -938,6 +1223,7 @@ _ = report.glue("detach_text", "Detaching the teacher does not prevent it: full 
 # %% [markdown]
 # ## What the paper reports vs what we measured
 
+
 # %%
 def verdict(d: float, low: float, high: float, lower_is_better: bool = False) -> str:
     """reproduced: the CI excludes 0 on the good side; contradicted: on the bad side."""
@@ -954,17 +1240,27 @@ full_vs = {a: paired("full", "known acc", against=a) for a in ablations[:2]}
 each = [verdict(*v) for v in full_vs.values()]
 verdicts = {
     "halluc": verdict(*paired("full", "known halluc"), lower_is_better=True),
-    "each_term": ("reproduced" if all(e == "reproduced" for e in each) else
-                  "contradicted" if any(e == "contradicted" for e in each) else
-                  "direction only" if all(e in ("reproduced", "direction only") for e in each) else
-                  "not at this scale"),
-    "collapse": ("reproduced" if collapsed("soft only (v2 code)") and collapsed("consistency only (v2 code)")
-                 else "not at this scale"),
+    "each_term": (
+        "reproduced"
+        if all(e == "reproduced" for e in each)
+        else "contradicted"
+        if any(e == "contradicted" for e in each)
+        else "direction only"
+        if all(e in ("reproduced", "direction only") for e in each)
+        else "not at this scale"
+    ),
+    "collapse": (
+        "reproduced"
+        if collapsed("soft only (v2 code)") and collapsed("consistency only (v2 code)")
+        else "not at this scale"
+    ),
 }
 for key, value in verdicts.items():
     report.glue(f"verdict_{key}", value)
-_ = report.glue("full_vs_ablations", "; ".join(f"− {a.split('− ')[1]}: {delta_text('full', 'known acc', a)}"
-                                               for a in ablations[:2]))
+_ = report.glue(
+    "full_vs_ablations",
+    "; ".join(f"− {a.split('− ')[1]}: {delta_text('full', 'known acc', a)}" for a in ablations[:2]),
+)
 print(verdicts)
 
 # %% [markdown]
@@ -1002,12 +1298,20 @@ if full is None:
     full_text = dict.fromkeys(("d_full_hall", "full_vs_ablations", "collapse"), "not run yet")
 else:
     f_runs = full["results"]["runs"]
-    print(f"{full['hardware'].get('gpu')}, commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}")
-    full_text = {"d_full_hall": delta_text("full", "known halluc", all_runs=f_runs),
-                 "full_vs_ablations": "; ".join(f"− {a.split('− ')[1]}: {delta_text('full', 'known acc', a, f_runs)}"
-                                                for a in ablations[:2]),
-                 "collapse": "; ".join(f"{v}: {item_rates(f_runs, v, 'known acc').mean():.3f} correct"
-                                       for v in ("soft only (v2 code)", "consistency only (v2 code)"))}
+    print(
+        f"{full['hardware'].get('gpu')}, commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}"
+    )
+    full_text = {
+        "d_full_hall": delta_text("full", "known halluc", all_runs=f_runs),
+        "full_vs_ablations": "; ".join(
+            f"− {a.split('− ')[1]}: {delta_text('full', 'known acc', a, f_runs)}"
+            for a in ablations[:2]
+        ),
+        "collapse": "; ".join(
+            f"{v}: {item_rates(f_runs, v, 'known acc').mean():.3f} correct"
+            for v in ("soft only (v2 code)", "consistency only (v2 code)")
+        ),
+    }
 for key, value in full_text.items():
     report.glue(f"full_{key}", value)
 

@@ -50,9 +50,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full | real (book plus the real-model comparison, CPU, minutes)
@@ -78,21 +86,72 @@ from noisefit_lib import metrics, plotting, report, runtime, stats, tiny_lm
 from noisefit_lib.noisefit import calibrate, inject, layers, noise
 from noisefit_lib.noisefit import losses as L
 
-ALL_METHODS = ["sft", "neftune", "rdrop", "noisefit-v1", "noisefit", "noisefit-v2",
-               "random-layers", "all-layers", "isotropic"]
-BOOK = {"base": "book", "methods": ["sft", "neftune", "noisefit-v1", "noisefit"], "n_seeds": 2,
-        "steps": 30, "batch_size": 16, "lr": 1e-3, "warmup": 3, "label_noise": [0.0, 0.2],
-        "abstain_fraction": 0.2, "k": 1, "n_eval": 400, "n_ppl": 120, "real_seeds": [0, 1, 2]}
+ALL_METHODS = [
+    "sft",
+    "neftune",
+    "rdrop",
+    "noisefit-v1",
+    "noisefit",
+    "noisefit-v2",
+    "random-layers",
+    "all-layers",
+    "isotropic",
+]
+BOOK = {
+    "base": "book",
+    "methods": ["sft", "neftune", "noisefit-v1", "noisefit"],
+    "n_seeds": 2,
+    "steps": 30,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "warmup": 3,
+    "label_noise": [0.0, 0.2],
+    "abstain_fraction": 0.2,
+    "k": 1,
+    "n_eval": 400,
+    "n_ppl": 120,
+    "real_seeds": [0, 1, 2],
+}
 PRESETS = {  # base: the shared base model of chapter 1; k: NoiseFiT's number of noisy layers
-    "smoke": {**BOOK, "base": "smoke", "methods": ALL_METHODS, "n_seeds": 1, "steps": 4,
-              "label_noise": [0.0], "n_eval": 64, "n_ppl": 16, "real_seeds": [0]},
+    "smoke": {
+        **BOOK,
+        "base": "smoke",
+        "methods": ALL_METHODS,
+        "n_seeds": 1,
+        "steps": 4,
+        "label_noise": [0.0],
+        "n_eval": 64,
+        "n_ppl": 16,
+        "real_seeds": [0],
+    },
     "book": BOOK,
-    "full": {**BOOK, "base": "full", "methods": ALL_METHODS, "n_seeds": 5, "steps": 150,
-             "batch_size": 64, "lr": 3e-4, "warmup": 15, "k": 3, "n_eval": 1000, "n_ppl": 1000},
+    "full": {
+        **BOOK,
+        "base": "full",
+        "methods": ALL_METHODS,
+        "n_seeds": 5,
+        "steps": 150,
+        "batch_size": 64,
+        "lr": 3e-4,
+        "warmup": 15,
+        "k": 3,
+        "n_eval": 1000,
+        "n_ppl": 1000,
+    },
     "real": BOOK,  # the book experiment, plus the real-model comparison below
 }
-cfg = runtime.resolve("noisefit_end_to_end", PRESETS, preset, seed=seed, device=device, threads=1,
-                      methods=methods, n_seeds=n_seeds, steps=steps, label_noise=label_noise)
+cfg = runtime.resolve(
+    "noisefit_end_to_end",
+    PRESETS,
+    preset,
+    seed=seed,
+    device=device,
+    threads=1,
+    methods=methods,
+    n_seeds=n_seeds,
+    steps=steps,
+    label_noise=label_noise,
+)
 plotting.use_house_style()
 print(cfg.summary())
 
@@ -242,8 +301,12 @@ world, base = tiny_lm.base_model(cfg.base, seed=cfg.seed, device=cfg.device)
 # %%
 tok = base.tokenizer
 n_blocks = len(inject.find_decoder_layers(base.model))
-split_sizes = {s: len(world.split(s)) for s in ("sft", "test_known", "test_paraphrase", "test_unknown")}
-print(f"base model: {tiny_lm.n_parameters(base.model):,} parameters, {n_blocks} blocks; splits: {split_sizes}")
+split_sizes = {
+    s: len(world.split(s)) for s in ("sft", "test_known", "test_paraphrase", "test_unknown")
+}
+print(
+    f"base model: {tiny_lm.n_parameters(base.model):,} parameters, {n_blocks} blocks; splits: {split_sizes}"
+)
 
 # %% [markdown]
 # The fine-tuning data of one seed and condition: the `sft` questions, a fraction of them with a
@@ -258,20 +321,26 @@ IGNORE = tiny_lm.IGNORE_INDEX
 def sft_data(noise_frac: float, ft_seed: int) -> list:
     """The fine-tuning items of one seed: wrong labels and abstention examples drawn per seed."""
     gen = runtime.numpy_stream(ft_seed, f"sft-data-{noise_frac}")
-    return world.sft_items(label_noise=noise_frac, abstain_fraction=cfg.abstain_fraction, generator=gen)
+    return world.sft_items(
+        label_noise=noise_frac, abstain_fraction=cfg.abstain_fraction, generator=gen
+    )
 
 
 def make_batch(seqs: list[list[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Right-padded inputs and labels (every real token is a target, as in v1)."""
     ids, mask = tiny_lm.pad(seqs)
     labels = ids.masked_fill(mask == 0, IGNORE)
-    return {"input_ids": ids.to(cfg.device), "attention_mask": mask.to(cfg.device)}, labels.to(cfg.device)
+    return {"input_ids": ids.to(cfg.device), "attention_mask": mask.to(cfg.device)}, labels.to(
+        cfg.device
+    )
 
 
 demo_items = sft_data(0.2, cfg.seed)
 wrong = [it for it in demo_items if it.noisy_label]
-print(f"{len(demo_items)} items, {len(wrong)} with a wrong label, "
-      f"{sum(it.gold is None for it in demo_items)} abstention examples")
+print(
+    f"{len(demo_items)} items, {len(wrong)} with a wrong label, "
+    f"{sum(it.gold is None for it in demo_items)} abstention examples"
+)
 print(f"e.g. {wrong[0].text!r} (true answer {wrong[0].gold})")
 
 # %% [markdown]
@@ -282,7 +351,14 @@ print(f"e.g. {wrong[0].text!r} (true answer {wrong[0].gold})")
 # the adaptive noise's root-mean-square on the chosen layers:
 
 # %%
-LAYER_METHODS = ("noisefit-v1", "noisefit", "noisefit-v2", "random-layers", "all-layers", "isotropic")
+LAYER_METHODS = (
+    "noisefit-v1",
+    "noisefit",
+    "noisefit-v2",
+    "random-layers",
+    "all-layers",
+    "isotropic",
+)
 SIGMA, ALPHA, LAMBDA, LAMBDA_V2 = 0.1, 0.5, 0.1, 0.05  # the official defaults (v1; v2's lambda)
 
 
@@ -298,16 +374,28 @@ def matched_sigma(model, x: dict, chosen: list[int]) -> float:
     return float(np.mean(ratios))
 
 
-def noise_setup(method: str, model, batches: list, gen: torch.Generator) -> tuple[list[int], object]:
+def noise_setup(
+    method: str, model, batches: list, gen: torch.Generator
+) -> tuple[list[int], object]:
     """(noisy layers S, noise function) of a layer-noise method, from the first batches."""
-    (x, labels), dev_gen = batches[0], torch.Generator(device=cfg.device).manual_seed(int(gen.initial_seed()))
+    (x, labels), dev_gen = (
+        batches[0],
+        torch.Generator(device=cfg.device).manual_seed(int(gen.initial_seed())),
+    )
     if method == "noisefit-v2":  # v2: KL/CE calibration picks layers and a sigma per layer
         cal = [{**xb, "labels": lb} for xb, lb in batches]
         choice = calibrate.calibrate_auto(model, cal, generator=dev_gen)
         return choice.layers, noise.AdaptiveNoise(SIGMA, "mad", choice.sigmas)
     select = {"random-layers": "random", "all-layers": "all"}.get(method, "snr")
-    choice = layers.choose_layers(model, select, batch={**x, "labels": labels}, k=min(cfg.k, n_blocks),
-                                  sigma=SIGMA, generator=gen, faithful=method == "noisefit-v1")
+    choice = layers.choose_layers(
+        model,
+        select,
+        batch={**x, "labels": labels},
+        k=min(cfg.k, n_blocks),
+        sigma=SIGMA,
+        generator=gen,
+        faithful=method == "noisefit-v1",
+    )
     if method == "noisefit-v1":
         return choice.layers, noise.AdaptiveNoise.faithful_v1(SIGMA)
     if method == "isotropic":
@@ -330,6 +418,7 @@ for m in ("noisefit-v1", "noisefit", "noisefit-v2", "isotropic"):
 # v1 runs all three passes with gradient, gets the clean CE from the model as the official code
 # does, and uses v1's KL conventions:
 
+
 # %%
 def method_loss(method: str, model, x: dict, labels: torch.Tensor, noisy) -> L.LossTerms:
     """The training loss of one batch; ``noisy`` is the method's injector (or None)."""
@@ -344,8 +433,9 @@ def method_loss(method: str, model, x: dict, labels: torch.Tensor, noisy) -> L.L
         out = model(**x, labels=labels)
         with noisy.active():  # v1 computes its statistics over padding too
             z1, z2 = model(**x).logits, model(**x).logits
-        return L.hybrid_loss(out.loss, out.logits, z1, z2, labels, alpha=ALPHA, lam=LAMBDA,
-                             convention=L.V1)
+        return L.hybrid_loss(
+            out.loss, out.logits, z1, z2, labels, alpha=ALPHA, lam=LAMBDA, convention=L.V1
+        )
     lam = LAMBDA_V2 if method == "noisefit-v2" else LAMBDA
     clean = model(**x).logits
     with noisy.active(token_mask=x["attention_mask"]):
@@ -363,13 +453,15 @@ def method_loss(method: str, model, x: dict, labels: torch.Tensor, noisy) -> L.L
 # order that depends on the seed only, so all methods of a seed see the same batches. The noise
 # generator is seeded per run as well. Hooks and dropout are removed before evaluation:
 
+
 # %%
 def fine_tune(method: str, items: list, ft_seed: int) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of the base model with ``method``; returns it (eval mode) and run info."""
     model = copy.deepcopy(base.model).train()
     data = tiny_lm.encode(tok, [it.text for it in items])
-    sched = tiny_lm.PretrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   warmup=cfg.warmup, seed=ft_seed)
+    sched = tiny_lm.PretrainConfig(
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=ft_seed
+    )
     order = tiny_lm.batch_order(len(data), sched)  # the same for every method of this seed
     batches = [make_batch([data[int(i)] for i in row]) for row in order]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -409,12 +501,19 @@ def fine_tune(method: str, items: list, ft_seed: int) -> tuple[torch.nn.Module, 
 # the pretraining biographies of the `test` people:
 
 # %%
-EVAL_SPLITS = {s: world.split(s)[: cfg.n_eval] for s in ("test_known", "test_paraphrase", "test_unknown", "sft")}
+EVAL_SPLITS = {
+    s: world.split(s)[: cfg.n_eval]
+    for s in ("test_known", "test_paraphrase", "test_unknown", "sft")
+}
 n_bios, n_known_people = world.config.n_bios, world.config.n_known
 test_people = [i for i, p in enumerate(world.people[:n_known_people]) if p.group == "test"]
 PPL_TEXTS = [world.bios[i * n_bios + j] for i in test_people for j in range(n_bios)][: cfg.n_ppl]
-assert all(world.people[test_people[0]].name in b for b in PPL_TEXTS[:n_bios])  # bios are per person
-PPL_BATCHES = [make_batch(tiny_lm.encode(tok, PPL_TEXTS[i : i + 256])) for i in range(0, len(PPL_TEXTS), 256)]
+assert all(
+    world.people[test_people[0]].name in b for b in PPL_TEXTS[:n_bios]
+)  # bios are per person
+PPL_BATCHES = [
+    make_batch(tiny_lm.encode(tok, PPL_TEXTS[i : i + 256])) for i in range(0, len(PPL_TEXTS), 256)
+]
 
 
 @torch.no_grad()
@@ -436,7 +535,11 @@ def evaluate(model) -> dict[str, float]:
     out["ece"] = metrics.expected_calibration_error(known.confidence, known.correct(), n_bins=10)
     pooled_conf = np.concatenate([known.confidence, ev["test_unknown"].confidence])
     pooled_hit = np.concatenate([known.correct(), ev["test_unknown"].correct()])
-    out["auroc"] = metrics.auroc(pooled_conf, pooled_hit) if 0 < pooled_hit.sum() < pooled_hit.size else math.nan
+    out["auroc"] = (
+        metrics.auroc(pooled_conf, pooled_hit)
+        if 0 < pooled_hit.sum() < pooled_hit.size
+        else math.nan
+    )
     out["ppl"] = perplexity(model)
     return out
 
@@ -455,18 +558,30 @@ print({k: report.sig(v) for k, v in base_scores.items() if not k.startswith("sft
 model = copy.deepcopy(base.model).train()
 chosen, _ = noise_setup("noisefit", model, [(x0, y0)], runtime.stream(cfg.seed, "layers"))
 torch.set_grad_enabled(False)  # the checks need values only
-with inject.NoiseInjector(model, chosen, noise.AdaptiveNoise(SIGMA), generator=torch.Generator(device=cfg.device).manual_seed(1)) as inj:
+with inject.NoiseInjector(
+    model,
+    chosen,
+    noise.AdaptiveNoise(SIGMA),
+    generator=torch.Generator(device=cfg.device).manual_seed(1),
+) as inj:
     clean = model(**x0).logits
     with inj.active(token_mask=x0["attention_mask"]):
         z1, z2 = model(**x0).logits, model(**x0).logits
 ce_only = L.hybrid_loss(None, clean, z1, z2, y0, alpha=1.0, lam=0.0).total
 assert torch.allclose(ce_only, L.causal_ce(clean, y0), rtol=1e-6), "alpha=1, lambda=0 must be CE"
 assert not torch.allclose(z1, clean), "sigma = 0.1 must change the logits"
-with inject.NoiseInjector(model, chosen, noise.AdaptiveNoise(0.0)) as inj, inj.active(token_mask=x0["attention_mask"]):
+with (
+    inject.NoiseInjector(model, chosen, noise.AdaptiveNoise(0.0)) as inj,
+    inj.active(token_mask=x0["attention_mask"]),
+):
     z0 = model(**x0).logits
 t0 = L.hybrid_loss(None, clean, z0, z0, y0)
-assert torch.allclose(z0, clean) and abs(float(t0.soft)) < 1e-6 and abs(float(t0.consistency)) < 1e-6
-print(f"CE {float(ce_only):.4f}; with sigma = 0: soft {float(t0.soft):.1e}, consistency {float(t0.consistency):.1e}")
+assert (
+    torch.allclose(z0, clean) and abs(float(t0.soft)) < 1e-6 and abs(float(t0.consistency)) < 1e-6
+)
+print(
+    f"CE {float(ce_only):.4f}; with sigma = 0: soft {float(t0.soft):.1e}, consistency {float(t0.consistency):.1e}"
+)
 
 # %% [markdown]
 # **The forward-only second pass leaves the loss unchanged**: the default's fast path
@@ -489,7 +604,10 @@ torch.set_grad_enabled(True)
 # %%
 prompts = [it.prompt for it in EVAL_SPLITS["test_known"][:16]]
 ref_answers, _ = tiny_lm.generate_answers(base.model, tok, prompts)
-with inject.NoiseInjector(base.model, list(range(n_blocks)), noise.AdaptiveNoise(1.0)) as inj, inj.active():
+with (
+    inject.NoiseInjector(base.model, list(range(n_blocks)), noise.AdaptiveNoise(1.0)) as inj,
+    inj.active(),
+):
     hooked_answers, _ = tiny_lm.generate_answers(base.model, tok, prompts)
 assert hooked_answers == ref_answers, "noise leaked into generate()"
 tuned, info = fine_tune("noisefit", demo_items, cfg.seed)
@@ -497,20 +615,26 @@ with torch.no_grad():  # in training mode a left-over noise hook would make two 
     tuned.train()
     assert torch.equal(tuned(**x0).logits, tuned(**x0).logits), "a noise hook was left behind"
     tuned.eval()
-print(f"no leak; a {cfg.steps}-step NoiseFiT run on layers {info['layers']} ends at loss {info['final_loss']:.4f}")
+print(
+    f"no leak; a {cfg.steps}-step NoiseFiT run on layers {info['layers']} ends at loss {info['final_loss']:.4f}"
+)
 
 # %% [markdown]
 # **The isotropic control has the adaptive noise's size**, but not its shape:
 
 # %%
-iso_layers, iso_fn = noise_setup("isotropic", base.model, [(x0, y0)], runtime.stream(cfg.seed, "layers"))
+iso_layers, iso_fn = noise_setup(
+    "isotropic", base.model, [(x0, y0)], runtime.stream(cfg.seed, "layers")
+)
 h = layers.layer_outputs(base.model, x0)[iso_layers[0]]
 mask = x0["attention_mask"].bool()
 s_ad = noise.adaptive_scale(h, SIGMA, mask=mask)[mask]
 s_iso = torch.full_like(s_ad, iso_fn.sigma * float(h[mask].std()))
 assert math.isclose(float(s_ad.pow(2).mean()), float(s_iso.pow(2).mean()), rel_tol=1e-4)
-print(f"RMS noise std: adaptive {float(s_ad.pow(2).mean().sqrt()):.4f}, isotropic {float(s_iso.flatten()[0]):.4f}; "
-      f"adaptive spread (max/min) {float(s_ad.max() / s_ad.min()):.3g}")
+print(
+    f"RMS noise std: adaptive {float(s_ad.pow(2).mean().sqrt()):.4f}, isotropic {float(s_iso.flatten()[0]):.4f}; "
+    f"adaptive spread (max/min) {float(s_ad.max() / s_ad.min()):.3g}"
+)
 
 # %% [markdown]
 # ## Experiment
@@ -523,24 +647,37 @@ print(f"RMS noise std: adaptive {float(s_ad.pow(2).mean().sqrt()):.4f}, isotropi
 # seeds on the 34M-parameter base model (8 blocks, $k = 3$).
 
 # %%
-print(f"methods {cfg.methods}; {cfg.n_seeds} seeds x {len(cfg.label_noise)} conditions "
-      f"(wrong-label fractions {cfg.label_noise}); {cfg.steps} steps of {cfg.batch_size} at lr {cfg.lr}")
+print(
+    f"methods {cfg.methods}; {cfg.n_seeds} seeds x {len(cfg.label_noise)} conditions "
+    f"(wrong-label fractions {cfg.label_noise}); {cfg.steps} steps of {cfg.batch_size} at lr {cfg.lr}"
+)
 
 # %%
 ft_seeds = [cfg.seed + i for i in range(cfg.n_seeds)]
-rows = [{"method": "base", "label_noise": c, "seed": s, **base_scores}
-        for c in cfg.label_noise for s in ft_seeds]
+rows = [
+    {"method": "base", "label_noise": c, "seed": s, **base_scores}
+    for c in cfg.label_noise
+    for s in ft_seeds
+]
 for noise_frac in cfg.label_noise:
     for ft_seed in ft_seeds:
         items = sft_data(noise_frac, ft_seed)
         for method in cfg.methods:
             tuned, info = fine_tune(method, items, ft_seed)
-            rows.append({"method": method, "label_noise": noise_frac, "seed": ft_seed, **info,
-                         **evaluate(tuned)})
+            rows.append(
+                {
+                    "method": method,
+                    "label_noise": noise_frac,
+                    "seed": ft_seed,
+                    **info,
+                    **evaluate(tuned),
+                }
+            )
 results = {"rows": rows, "base": base_scores, "n_blocks": n_blocks, "split_sizes": split_sizes}
 if cfg.preset != "real":  # the real preset's results file holds the real-model comparison
-    runtime.write_results(runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json",
-                          results, cfg)
+    runtime.write_results(
+        runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json", results, cfg
+    )
 print(f"{len(rows) - len(cfg.label_noise) * len(ft_seeds)} fine-tuning runs")
 
 # %% [markdown]
@@ -550,10 +687,17 @@ print(f"{len(rows) - len(cfg.label_noise) * len(ft_seeds)} fine-tuning runs")
 # fine-tuning; rates are fractions of the split):
 
 # %%
-SHOW = {"test_known_correct": "known acc", "test_known_hallucinated": "known halluc",
-        "test_known_abstained": "known abstain", "test_paraphrase_correct": "paraphrase acc",
-        "test_unknown_abstained": "unknown abstain", "sft_correct": "fine-tuned facts acc",
-        "ece": "ECE", "auroc": "AUROC", "ppl": "bio perplexity"}
+SHOW = {
+    "test_known_correct": "known acc",
+    "test_known_hallucinated": "known halluc",
+    "test_known_abstained": "known abstain",
+    "test_paraphrase_correct": "paraphrase acc",
+    "test_unknown_abstained": "unknown abstain",
+    "sft_correct": "fine-tuned facts acc",
+    "ece": "ECE",
+    "auroc": "AUROC",
+    "ppl": "bio perplexity",
+}
 ORDER = ["base", *cfg.methods]
 
 
@@ -565,7 +709,9 @@ def mean_rows(noise_frac: float) -> list[dict]:
     out = []
     for m in ORDER:
         rs = runs(m, noise_frac)
-        out.append({"method": m, **{name: float(np.mean([r[k] for r in rs])) for k, name in SHOW.items()}})
+        out.append(
+            {"method": m, **{name: float(np.mean([r[k] for r in rs])) for k, name in SHOW.items()}}
+        )
     return out
 
 
@@ -577,6 +723,7 @@ for c in cfg.label_noise:
 # Each method minus SFT, paired by seed, with 95 % intervals (`nan` with a single seed). A positive
 # accuracy difference and a negative hallucination difference favour the method:
 
+
 # %%
 def paired(method: str, noise_frac: float, key: str, ref: str = "sft") -> tuple[float, float]:
     a = [r[key] for r in sorted(runs(method, noise_frac), key=lambda r: r["seed"])]
@@ -584,8 +731,12 @@ def paired(method: str, noise_frac: float, key: str, ref: str = "sft") -> tuple[
     return stats.paired_ci(a, b)
 
 
-PAIRED_KEYS = {"test_known_correct": "known acc", "test_known_hallucinated": "known halluc",
-               "test_unknown_abstained": "unknown abstain", "ppl": "bio perplexity"}
+PAIRED_KEYS = {
+    "test_known_correct": "known acc",
+    "test_known_hallucinated": "known halluc",
+    "test_unknown_abstained": "unknown abstain",
+    "ppl": "bio perplexity",
+}
 paired_rows = []
 for c in cfg.label_noise:
     for m in [m for m in ORDER if m != "sft"]:
@@ -595,6 +746,7 @@ for c in cfg.label_noise:
             row[name] = f"{mean:+.3f} ± {half:.3f}"
         paired_rows.append(row)
 report.show_table(paired_rows)
+
 
 # %% mystnb={"figure": {"name": "fig-noisefit-end-to-end-methods", "caption": "Outcomes after fine-tuning, per method, on clean fine-tuning data (filled) and with 20 % wrong labels (open): accuracy and hallucination rate on test_known (facts from pretraining that were never fine-tuned on) and abstention rate on test_unknown (people never seen). Small markers are single fine-tuning seeds, large ones their mean; error bars are 95 % t-intervals, drawn when there are at least three seeds (the full preset). The dashed line is the base model before fine-tuning."}}
 def method_look(m: str) -> dict:
@@ -607,8 +759,11 @@ def method_look(m: str) -> dict:
 
 tuned_methods = list(cfg.methods)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
-panels = (("test_known_correct", "test_known: accuracy"), ("test_known_hallucinated", "test_known: hallucination rate"),
-          ("test_unknown_abstained", "test_unknown: abstention rate"))
+panels = (
+    ("test_known_correct", "test_known: accuracy"),
+    ("test_known_hallucinated", "test_known: hallucination rate"),
+    ("test_unknown_abstained", "test_unknown: abstention rate"),
+)
 for ax, (key, label) in zip(axes, panels, strict=True):
     for j, c in enumerate(cfg.label_noise):
         for i, m in enumerate(tuned_methods):
@@ -616,11 +771,28 @@ for ax, (key, label) in zip(axes, panels, strict=True):
             mean, half = stats.mean_ci(values)
             look, xpos = method_look(m), i + 0.25 * (j - 0.5 * (len(cfg.label_noise) - 1))
             face = "white" if j else look["color"]
-            ax.plot([xpos] * len(values), values, linestyle="none", marker=look["marker"], markersize=4,
-                    color=look["color"], mfc=face, alpha=0.6)
-            ax.errorbar(xpos, mean, yerr=half if len(values) >= 3 else None, color=look["color"],
-                        marker=look["marker"], markersize=8, mfc=face, linestyle="none", capsize=3,
-                        label=f"{c:.0%} wrong labels (mean)" if m == "sft" else None)
+            ax.plot(
+                [xpos] * len(values),
+                values,
+                linestyle="none",
+                marker=look["marker"],
+                markersize=4,
+                color=look["color"],
+                mfc=face,
+                alpha=0.6,
+            )
+            ax.errorbar(
+                xpos,
+                mean,
+                yerr=half if len(values) >= 3 else None,
+                color=look["color"],
+                marker=look["marker"],
+                markersize=8,
+                mfc=face,
+                linestyle="none",
+                capsize=3,
+                label=f"{c:.0%} wrong labels (mean)" if m == "sft" else None,
+            )
     ax.axhline(base_scores[key], color="grey", linestyle="--", linewidth=1, label="base model")
     ax.set_ylabel(f"{label} (fraction)")
     ax.set_xticks(range(len(tuned_methods)), tuned_methods, rotation=30, ha="right")
@@ -637,7 +809,11 @@ nf_methods = [m for m in ("noisefit", "noisefit-v1", "noisefit-v2") if m in cfg.
 
 def pm(mean: float, half: float, digits: int = 3) -> str:
     """'+0.012 ± 0.034' (or '+0.012, one seed')."""
-    return f"{mean:+.{digits}f}, one seed" if math.isnan(half) else f"{mean:+.{digits}f} ± {half:.{digits}f}"
+    return (
+        f"{mean:+.{digits}f}, one seed"
+        if math.isnan(half)
+        else f"{mean:+.{digits}f} ± {half:.{digits}f}"
+    )
 
 
 c0, c_noisy = cfg.label_noise[0], cfg.label_noise[-1]
@@ -646,33 +822,65 @@ _ = report.glue("t_factor", stats.t975(cfg.n_seeds - 1) if cfg.n_seeds > 1 else 
 _ = report.glue("steps", cfg.steps)
 _ = report.glue("base_known_acc", base_scores["test_known_correct"], 3)
 _ = report.glue("base_ppl", base_scores["ppl"], 4)
-_ = report.glue("sft_known_acc", float(np.mean([r["test_known_correct"] for r in runs("sft", c0)])), 3)
+_ = report.glue(
+    "sft_known_acc", float(np.mean([r["test_known_correct"] for r in runs("sft", c0)])), 3
+)
 _ = report.glue("sft_ppl", float(np.mean([r["ppl"] for r in runs("sft", c0)])), 4)
 _ = report.glue("base_known_hal", base_scores["test_known_hallucinated"], 3)
-_ = report.glue("sft_known_hal", float(np.mean([r["test_known_hallucinated"] for r in runs("sft", c0)])), 3)
-_ = report.glue("sft_unknown_abstain", float(np.mean([r["test_unknown_abstained"] for r in runs("sft", c0)])), 3)
+_ = report.glue(
+    "sft_known_hal", float(np.mean([r["test_known_hallucinated"] for r in runs("sft", c0)])), 3
+)
+_ = report.glue(
+    "sft_unknown_abstain", float(np.mean([r["test_unknown_abstained"] for r in runs("sft", c0)])), 3
+)
 for m in nf_methods + [m for m in ("neftune",) if m in cfg.methods]:
     tag = m.replace("-", "_")
     for c, cond in ((c0, "clean"), (c_noisy, "noisy")):
         _ = report.glue(f"{tag}_acc_{cond}", pm(*paired(m, c, "test_known_correct")))
         _ = report.glue(f"{tag}_hal_{cond}", pm(*paired(m, c, "test_known_hallucinated")))
-    _ = report.glue(f"{tag}_ppl_rel", pm(*stats.mean_ci([r["ppl"] / s["ppl"] - 1 for r, s in zip(
-        sorted(runs(m, c0), key=lambda r: r["seed"]), sorted(runs("sft", c0), key=lambda r: r["seed"]),
-        strict=True)])))
+    _ = report.glue(
+        f"{tag}_ppl_rel",
+        pm(
+            *stats.mean_ci(
+                [
+                    r["ppl"] / s["ppl"] - 1
+                    for r, s in zip(
+                        sorted(runs(m, c0), key=lambda r: r["seed"]),
+                        sorted(runs("sft", c0), key=lambda r: r["seed"]),
+                        strict=True,
+                    )
+                ]
+            )
+        ),
+    )
 mean_len = float(np.mean([len(t) for t in tiny_lm.encode(tok, [it.text for it in demo_items])]))
 width = base.model.get_input_embeddings().weight.shape[1]
-_ = report.glue("nef_std", 5.0 / math.sqrt(mean_len * width) / math.sqrt(3), 2)  # std of U(-a, a) is a / sqrt(3)
+_ = report.glue(
+    "nef_std", 5.0 / math.sqrt(mean_len * width) / math.sqrt(3), 2
+)  # std of U(-a, a) is a / sqrt(3)
 _ = report.glue("emb_std", float(base.model.get_input_embeddings().weight.detach().std()), 2)
-_ = report.glue("sft_para_malformed", float(np.mean([r["test_paraphrase_malformed"] for r in runs("sft", c0)])), 3)
+_ = report.glue(
+    "sft_para_malformed",
+    float(np.mean([r["test_paraphrase_malformed"] for r in runs("sft", c0)])),
+    3,
+)
 for key in ("ece", "auroc", "test_paraphrase_correct"):
     _ = report.glue(f"sft_{key}", float(np.mean([r[key] for r in runs("sft", c0)])), 3)
     _ = report.glue(f"noisefit_{key}_diff", pm(*paired("noisefit", c0, key)))
 sft_fit = float(np.mean([r["sft_correct"] for r in runs("sft", c_noisy)]))
 _ = report.glue("sft_fit_noisy", sft_fit, 3)
 _ = report.glue("noisy_frac", f"{c_noisy:.0%}")
-below = [m for m in cfg.methods if np.mean([r["test_known_correct"] for r in runs(m, c0)]) < base_scores["test_known_correct"]]
-_ = report.glue("below_base", "every fine-tuning method" if len(below) == len(cfg.methods) else
-                f"{len(below)} of the {len(cfg.methods)} fine-tuning methods")
+below = [
+    m
+    for m in cfg.methods
+    if np.mean([r["test_known_correct"] for r in runs(m, c0)]) < base_scores["test_known_correct"]
+]
+_ = report.glue(
+    "below_base",
+    "every fine-tuning method"
+    if len(below) == len(cfg.methods)
+    else f"{len(below)} of the {len(cfg.methods)} fine-tuning methods",
+)
 print({m: runs(m, c0)[0]["layers"] for m in cfg.methods if m in LAYER_METHODS})
 
 # %% [markdown]
@@ -734,11 +942,23 @@ if bench is None:
     _ = report.glue("cost_v1", "not available")
 else:
     m = bench["model"]
-    print(f"{bench['device_name']}, {m['parameters'] / 1e6:.0f}M parameters, batch {m['batch']} x {m['seq']}, "
-          f"{bench['amp']}, {bench['steps']} steps, torch {bench['versions']['torch']}")
-    report.show_table([{"method": name, "settings": ", ".join(f"{k}={v}" for k, v in r["config"].items()),
-                        "noisy layers": str(r["layers"]), "ms / step": r["median_ms"],
-                        "x SFT": r["ratio_vs_sft"]} for name, r in bench["methods"].items()], digits=3)
+    print(
+        f"{bench['device_name']}, {m['parameters'] / 1e6:.0f}M parameters, batch {m['batch']} x {m['seq']}, "
+        f"{bench['amp']}, {bench['steps']} steps, torch {bench['versions']['torch']}"
+    )
+    report.show_table(
+        [
+            {
+                "method": name,
+                "settings": ", ".join(f"{k}={v}" for k, v in r["config"].items()),
+                "noisy layers": str(r["layers"]),
+                "ms / step": r["median_ms"],
+                "x SFT": r["ratio_vs_sft"],
+            }
+            for name, r in bench["methods"].items()
+        ],
+        digits=3,
+    )
     _ = report.glue("cost_default", bench["methods"]["noisefit"]["ratio_vs_sft"], 3)
     _ = report.glue("cost_v1", bench["methods"]["noisefit_faithful_v1"]["ratio_vs_sft"], 3)
 
@@ -773,7 +993,9 @@ REAL_RESULTS = Path("results/noisefit_end_to_end_real.json")
 if cfg.preset == "real":
     from noisefit_lib import real_model
 
-    real = real_model.compare_methods(real_model.RealSettings(), seeds=cfg.real_seeds, device=cfg.device)
+    real = real_model.compare_methods(
+        real_model.RealSettings(), seeds=cfg.real_seeds, device=cfg.device
+    )
     runtime.write_results(runtime.runs_dir() / cfg.chapter / f"real-seed{cfg.seed}.json", real, cfg)
 elif REAL_RESULTS.is_file():
     real = runtime.read_results(REAL_RESULTS)["results"]
@@ -789,11 +1011,22 @@ else:
 
 # %%
 if real is not None:
-    report.show_table([{"relation": rel, "n": row["n"], "correct": row["accuracy"]["rate"],
-                        "hallucinated": row["hallucination"]["rate"],
-                        "hallucinated 95 %": f"{row['hallucination']['low']:.3f}-{row['hallucination']['high']:.3f}",
-                        "abstained": row["abstention"], "malformed": row["malformed"], "ECE": row["ece"]}
-                       for rel, row in real["base_all"].items()], digits=3)
+    report.show_table(
+        [
+            {
+                "relation": rel,
+                "n": row["n"],
+                "correct": row["accuracy"]["rate"],
+                "hallucinated": row["hallucination"]["rate"],
+                "hallucinated 95 %": f"{row['hallucination']['low']:.3f}-{row['hallucination']['high']:.3f}",
+                "abstained": row["abstention"],
+                "malformed": row["malformed"],
+                "ECE": row["ece"],
+            }
+            for rel, row in real["base_all"].items()
+        ],
+        digits=3,
+    )
     for ex in real["examples"][:4]:
         print(f"{ex['question']} (true: {ex['answer']})")
         for m in ("base", "sft", "noisefit"):
@@ -803,6 +1036,7 @@ if real is not None:
 # Held-out and fine-tuned facts, per method, means over the splits (and the 95 % Wilson interval
 # of the accuracy on the first split):
 
+
 # %%
 def real_rows(res: dict) -> list[dict]:
     out = []
@@ -810,17 +1044,24 @@ def real_rows(res: dict) -> list[dict]:
         for part in ("held_out", "train"):
             summ = [s[part]["all"] for s in by_seed.values()]
             first = summ[0]
-            out.append({"method": method, "facts": part.replace("_", "-"), "n": first["n"],
-                        "accuracy": float(np.mean([s["accuracy"]["rate"] for s in summ])),
-                        "acc 95 % (first split)": f"{first['accuracy']['low']:.3f}-{first['accuracy']['high']:.3f}",
-                        "hallucination": float(np.mean([s["hallucination"]["rate"] for s in summ])),
-                        "abstention": float(np.mean([s["abstention"] for s in summ])),
-                        "ECE": float(np.mean([s["ece"] for s in summ]))})
+            out.append(
+                {
+                    "method": method,
+                    "facts": part.replace("_", "-"),
+                    "n": first["n"],
+                    "accuracy": float(np.mean([s["accuracy"]["rate"] for s in summ])),
+                    "acc 95 % (first split)": f"{first['accuracy']['low']:.3f}-{first['accuracy']['high']:.3f}",
+                    "hallucination": float(np.mean([s["hallucination"]["rate"] for s in summ])),
+                    "abstention": float(np.mean([s["abstention"] for s in summ])),
+                    "ECE": float(np.mean([s["ece"] for s in summ])),
+                }
+            )
     return out
 
 
-def real_diff(res: dict, pair: str, metric: str, part: str = "held_out",
-              over: str = "items") -> tuple[float, float, float]:
+def real_diff(
+    res: dict, pair: str, metric: str, part: str = "held_out", over: str = "items"
+) -> tuple[float, float, float]:
     """(mean, low, high): the paired bootstrap over (split, question) pairs, or over="seeds" the
     t-interval over splits (NaN-wide with one split)."""
     d = res["paired"][part][pair][metric]
@@ -836,25 +1077,53 @@ def interval(mean: float, low: float, high: float) -> str:
 
 
 if real is None:
-    real_text = dict.fromkeys(("model", "seeds", "acc_nf_sft", "hal_nf_sft", "acc_nf_base",
-                               "acc_sft_base", "cost", "story", "acc_nf_sft_seeds"), "not run yet")
+    real_text = dict.fromkeys(
+        (
+            "model",
+            "seeds",
+            "acc_nf_sft",
+            "hal_nf_sft",
+            "acc_nf_base",
+            "acc_sft_base",
+            "cost",
+            "story",
+            "acc_nf_sft_seeds",
+        ),
+        "not run yet",
+    )
 else:
     report.show_table(real_rows(real), digits=3)
-    step = {m: float(np.mean([r["mean_step_cpu_s"] for r in real["runs"][m].values()])) for m in ("sft", "noisefit")}
-    real_text = {"model": real["model"], "seeds": str(len(real["seeds"])),
-                 "acc_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "accuracy")),
-                 "hal_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "hallucination")),
-                 "acc_nf_base": interval(*real_diff(real, "noisefit_minus_base", "accuracy")),
-                 "acc_sft_base": interval(*real_diff(real, "sft_minus_base", "accuracy")),
-                 "cost": f"{step['noisefit'] / step['sft']:.2f}"}
-    real_text["acc_nf_sft_seeds"] = interval(*real_diff(real, "noisefit_minus_sft", "accuracy", over="seeds"))
-    sft_base, nf_sft = real_diff(real, "sft_minus_base", "accuracy"), real_diff(real, "noisefit_minus_sft", "accuracy")
+    step = {
+        m: float(np.mean([r["mean_step_cpu_s"] for r in real["runs"][m].values()]))
+        for m in ("sft", "noisefit")
+    }
+    real_text = {
+        "model": real["model"],
+        "seeds": str(len(real["seeds"])),
+        "acc_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "accuracy")),
+        "hal_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "hallucination")),
+        "acc_nf_base": interval(*real_diff(real, "noisefit_minus_base", "accuracy")),
+        "acc_sft_base": interval(*real_diff(real, "sft_minus_base", "accuracy")),
+        "cost": f"{step['noisefit'] / step['sft']:.2f}",
+    }
+    real_text["acc_nf_sft_seeds"] = interval(
+        *real_diff(real, "noisefit_minus_sft", "accuracy", over="seeds")
+    )
+    sft_base, nf_sft = (
+        real_diff(real, "sft_minus_base", "accuracy"),
+        real_diff(real, "noisefit_minus_sft", "accuracy"),
+    )
     real_text["story"] = (
-        ("fine-tuning on some facts lowers the accuracy on the held-out ones, as in the synthetic world; "
-         if sft_base[2] < 0 else "fine-tuning does not measurably lower the accuracy on the held-out facts; ")
-        + ("NoiseFiT keeps more of them than SFT." if nf_sft[1] > 0 else
-           "NoiseFiT keeps fewer of them than SFT." if nf_sft[2] < 0 else
-           "NoiseFiT and SFT cannot be told apart."))
+        "fine-tuning on some facts lowers the accuracy on the held-out ones, as in the synthetic world; "
+        if sft_base[2] < 0
+        else "fine-tuning does not measurably lower the accuracy on the held-out facts; "
+    ) + (
+        "NoiseFiT keeps more of them than SFT."
+        if nf_sft[1] > 0
+        else "NoiseFiT keeps fewer of them than SFT."
+        if nf_sft[2] < 0
+        else "NoiseFiT and SFT cannot be told apart."
+    )
     if not real.get("complete", True):
         print("(partial results: not every planned split has finished)")
     print({k: v for k, v in real_text.items() if k != "model"})
@@ -881,6 +1150,7 @@ for key, value in real_text.items():
 # takes over the verdict once it exists. The synthetic-world intervals are $t$-intervals over
 # fine-tuning seeds; the real model's are paired bootstraps over questions (see above).
 
+
 # %%
 def verdict_interval(mean: float, low: float, high: float, sign: int) -> str:
     """Verdict for an effect the paper says has sign ``sign`` (+1 or -1), from a 95 % interval."""
@@ -898,30 +1168,51 @@ def verdict(mean: float, half: float, sign: int) -> str:
 
 def claim_stats(rs: list[dict], c: float) -> dict[str, tuple[float, float]]:
     """The paired statistics behind each claim, from a list of result rows."""
+
     def get(m: str, key: str) -> list[float]:
-        return [r[key] for r in sorted((r for r in rs if r["method"] == m and r["label_noise"] == c),
-                                       key=lambda r: r["seed"])]
+        return [
+            r[key]
+            for r in sorted(
+                (r for r in rs if r["method"] == m and r["label_noise"] == c),
+                key=lambda r: r["seed"],
+            )
+        ]
 
     def diff(a: str, b: str, key: str, rel: bool = False) -> tuple[float, float]:
         x, y = np.array(get(a, key)), np.array(get(b, key))
-        return stats.mean_ci(x / y - 1 if rel else x - y) if len(x) and len(x) == len(y) else (math.nan, math.nan)
+        return (
+            stats.mean_ci(x / y - 1 if rel else x - y)
+            if len(x) and len(x) == len(y)
+            else (math.nan, math.nan)
+        )
 
-    out = {"vs_base": diff("noisefit", "base", "test_known_correct"),
-           "acc": diff("noisefit", "sft", "test_known_correct"),
-           "hal": diff("noisefit", "sft", "test_known_hallucinated"),
-           "ppl": diff("noisefit", "sft", "ppl", rel=True),
-           "neftune": diff("noisefit", "neftune", "test_known_correct")}
+    out = {
+        "vs_base": diff("noisefit", "base", "test_known_correct"),
+        "acc": diff("noisefit", "sft", "test_known_correct"),
+        "hal": diff("noisefit", "sft", "test_known_hallucinated"),
+        "ppl": diff("noisefit", "sft", "ppl", rel=True),
+        "neftune": diff("noisefit", "neftune", "test_known_correct"),
+    }
     for other in ("random-layers", "all-layers", "isotropic"):
         out[other] = diff("noisefit", other, "test_known_correct")
     return out
 
 
 def claim_verdicts(st: dict) -> dict[str, str]:
-    v = {k: verdict(*st[k], +1) for k in ("vs_base", "acc", "neftune", "random-layers", "all-layers", "isotropic")}
+    v = {
+        k: verdict(*st[k], +1)
+        for k in ("vs_base", "acc", "neftune", "random-layers", "all-layers", "isotropic")
+    }
     v["hal"] = verdict(*st["hal"], -1)
     mean, half = st["ppl"]  # "no loss": relative perplexity change below +2 %
     half = math.inf if math.isnan(half) else half
-    v["ppl"] = "reproduced" if mean + half <= 0.02 else "contradicted" if mean - half > 0.02 else "direction only"
+    v["ppl"] = (
+        "reproduced"
+        if mean + half <= 0.02
+        else "contradicted"
+        if mean - half > 0.02
+        else "direction only"
+    )
     return {k: ("not tested" if math.isnan(st[k][0]) else x) for k, x in v.items()}
 
 
@@ -988,7 +1279,9 @@ if full is None:
     full_noisy_acc = "not run yet"
 else:
     f_rows, f_noise = full["results"]["rows"], full["config"]["label_noise"]
-    print(f"{full['hardware'].get('gpu')}, commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}")
+    print(
+        f"{full['hardware'].get('gpu')}, commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}"
+    )
     full_stats = claim_stats(f_rows, f_noise[0])
     full_text, final_verdicts = claim_text(full_stats), claim_verdicts(full_stats)
     full_noisy_acc = claim_text(claim_stats(f_rows, f_noise[-1]))["acc"]
@@ -1000,9 +1293,11 @@ for k, v in final_verdicts.items():
 if real is None:
     real_verdicts = {"acc": "not run yet", "hal": "not run yet", "vs_base": "not run yet"}
 else:
-    real_verdicts = {"acc": verdict_interval(*real_diff(real, "noisefit_minus_sft", "accuracy"), +1),
-                     "hal": verdict_interval(*real_diff(real, "noisefit_minus_sft", "hallucination"), -1),
-                     "vs_base": verdict_interval(*real_diff(real, "noisefit_minus_base", "accuracy"), +1)}
+    real_verdicts = {
+        "acc": verdict_interval(*real_diff(real, "noisefit_minus_sft", "accuracy"), +1),
+        "hal": verdict_interval(*real_diff(real, "noisefit_minus_sft", "hallucination"), -1),
+        "vs_base": verdict_interval(*real_diff(real, "noisefit_minus_base", "accuracy"), +1),
+    }
 for k, v in real_verdicts.items():
     report.glue(f"real_verdict_{k}", v)
 print(final_verdicts, real_verdicts)

@@ -50,9 +50,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -94,18 +102,60 @@ hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 PRESETS = {
-    "smoke": {"n_seeds": 1, "steps": 4, "demo_steps": 2, "cli_steps": 2, "batch_size": 16,
-              "lr": 3e-4, "k": 1, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": False,
-              "cli_subprocess": False},
-    "book": {"n_seeds": 2, "steps": 50, "demo_steps": 8, "cli_steps": 10, "batch_size": 16,
-             "lr": 3e-4, "k": 1, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": False,
-             "cli_subprocess": True},
-    "full": {"n_seeds": 3, "steps": 400, "demo_steps": 20, "cli_steps": 40, "batch_size": 32,
-             "lr": 3e-4, "k": 3, "noise_std": 0.1, "big_noise_std": 0.5, "label_noise": 0.2, "accelerate": True,
-             "cli_subprocess": True},
+    "smoke": {
+        "n_seeds": 1,
+        "steps": 4,
+        "demo_steps": 2,
+        "cli_steps": 2,
+        "batch_size": 16,
+        "lr": 3e-4,
+        "k": 1,
+        "noise_std": 0.1,
+        "big_noise_std": 0.5,
+        "label_noise": 0.2,
+        "accelerate": False,
+        "cli_subprocess": False,
+    },
+    "book": {
+        "n_seeds": 2,
+        "steps": 50,
+        "demo_steps": 8,
+        "cli_steps": 10,
+        "batch_size": 16,
+        "lr": 3e-4,
+        "k": 1,
+        "noise_std": 0.1,
+        "big_noise_std": 0.5,
+        "label_noise": 0.2,
+        "accelerate": False,
+        "cli_subprocess": True,
+    },
+    "full": {
+        "n_seeds": 3,
+        "steps": 400,
+        "demo_steps": 20,
+        "cli_steps": 40,
+        "batch_size": 32,
+        "lr": 3e-4,
+        "k": 3,
+        "noise_std": 0.1,
+        "big_noise_std": 0.5,
+        "label_noise": 0.2,
+        "accelerate": True,
+        "cli_subprocess": True,
+    },
 }
-cfg = runtime.resolve("noisefit_on_your_model", PRESETS, preset, seed=seed, device=device,
-                      n_seeds=n_seeds, steps=steps, noise_std=noise_std, accelerate=accelerate)
+cfg = runtime.resolve(
+    "noisefit_on_your_model",
+    PRESETS,
+    preset,
+    seed=seed,
+    device=device,
+    n_seeds=n_seeds,
+    steps=steps,
+    noise_std=noise_std,
+    accelerate=accelerate,
+)
 plotting.use_house_style()
 print(cfg.summary())
 
@@ -201,8 +251,13 @@ tokenizer = AutoTokenizer.from_pretrained(MODEL)
 model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).to(cfg.device)
 if tokenizer.pad_token is None:  # many hub tokenizers have none; the official code uses EOS
     tokenizer.pad_token = tokenizer.eos_token
-print(type(model).__name__, f"{tiny_lm.n_parameters(model):,} parameters,",
-      len(inject.find_decoder_layers(model)), "decoder blocks, vocabulary", len(tokenizer))
+print(
+    type(model).__name__,
+    f"{tiny_lm.n_parameters(model):,} parameters,",
+    len(inject.find_decoder_layers(model)),
+    "decoder blocks, vocabulary",
+    len(tokenizer),
+)
 
 # %% [markdown]
 # On your own model only `MODEL` changes, to a hub id or a local folder; on Colab pick a GPU
@@ -231,8 +286,9 @@ print(type(model).__name__, f"{tiny_lm.n_parameters(model):,} parameters,",
 # command line, and read it back as a user would:
 
 # %%
-sft_items = world.sft_items(label_noise=cfg.label_noise,
-                            generator=runtime.numpy_stream(cfg.seed, "sft-labels"))
+sft_items = world.sft_items(
+    label_noise=cfg.label_noise, generator=runtime.numpy_stream(cfg.seed, "sft-labels")
+)
 (RUN / "cli").mkdir(parents=True, exist_ok=True)
 with open(RUN / "cli" / "train.csv", "w", newline="", encoding="utf-8") as fh:
     writer = csv.DictWriter(fh, fieldnames=["prompt", "response"])
@@ -259,7 +315,7 @@ def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.to(cfg.device) for name, t in batch.items()}
 
 
-batch = to_device(collator(train_tokens[:cfg.batch_size]))
+batch = to_device(collator(train_tokens[: cfg.batch_size]))
 print({name: tuple(t.shape) for name, t in batch.items()})
 print(tokenizer.convert_ids_to_tokens(batch["input_ids"][0]))
 print(batch["labels"][0].tolist())
@@ -274,6 +330,7 @@ print(batch["labels"][0].tolist())
 # probes each block with noise at five scales, keeps the blocks whose output distribution
 # responds most without raising the loss by more than 2 %, and gives each its own $\sigma$.
 
+
 # %%
 def dev_stream(purpose: str) -> torch.Generator:
     """A generator on the model's device, seeded from runtime.stream(seed, purpose)."""
@@ -281,17 +338,39 @@ def dev_stream(purpose: str) -> torch.Generator:
     return torch.Generator(device=cfg.device).manual_seed(start)
 
 
-snr = nf_layers.choose_layers(model, "snr", batch=batch, k=cfg.k, sigma=cfg.noise_std,
-                              generator=runtime.stream(cfg.seed, "snr"))
-calib_batches = [to_device(collator(train_tokens[i:i + cfg.batch_size]))
-                 for i in (0, cfg.batch_size)]  # v2 uses the first two training batches
+snr = nf_layers.choose_layers(
+    model,
+    "snr",
+    batch=batch,
+    k=cfg.k,
+    sigma=cfg.noise_std,
+    generator=runtime.stream(cfg.seed, "snr"),
+)
+calib_batches = [
+    to_device(collator(train_tokens[i : i + cfg.batch_size])) for i in (0, cfg.batch_size)
+]  # v2 uses the first two training batches
 auto = calibrate.calibrate_auto(model, calib_batches, generator=dev_stream("auto"))
 scale = nf_layers.hidden_scale(nf_layers.layer_outputs(model, batch), mask=batch["attention_mask"])
-report.show_table([{"block": i, "hidden std": scale[i].item(), "v1 SNR": snr.scores[i],
-                    "v2 score": auto.scores[i], "v2 sigma": auto.sigmas.get(i, "-")}
-                   for i in range(len(scale))])
-print("v1 (Largest) picks", snr.layers, "; v2 picks", auto.layers,
-      "with sigma", {i: report.sig(s) for i, s in auto.sigmas.items()})
+report.show_table(
+    [
+        {
+            "block": i,
+            "hidden std": scale[i].item(),
+            "v1 SNR": snr.scores[i],
+            "v2 score": auto.scores[i],
+            "v2 sigma": auto.sigmas.get(i, "-"),
+        }
+        for i in range(len(scale))
+    ]
+)
+print(
+    "v1 (Largest) picks",
+    snr.layers,
+    "; v2 picks",
+    auto.layers,
+    "with sigma",
+    {i: report.sig(s) for i, s in auto.sigmas.items()},
+)
 
 # %% [markdown]
 # In the trainer the choice is one setting, `NoiseFiTConfig(layer_selection="snr")` (the default)
@@ -305,6 +384,7 @@ print("v1 (Largest) picks", snr.layers, "; v2 picks", auto.layers,
 # next-token distributions, measured as the KL divergence from the clean to the noisy
 # distribution, averaged over the label positions:
 
+
 # %%
 def mean_kl(clean: torch.Tensor, noisy: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean KL(p_clean || p_noisy) over the positions that predict a label (nats)."""
@@ -315,17 +395,23 @@ def mean_kl(clean: torch.Tensor, noisy: torch.Tensor, labels: torch.Tensor) -> f
 
 x = {k: v for k, v in batch.items() if k != "labels"}
 model.train()  # the noise fires only in training mode (our model has no dropout)
-with torch.no_grad(), inject.NoiseInjector(model, snr.layers, noise.AdaptiveNoise(cfg.noise_std),
-                                           generator=dev_stream("injector")) as inj:
+with (
+    torch.no_grad(),
+    inject.NoiseInjector(
+        model, snr.layers, noise.AdaptiveNoise(cfg.noise_std), generator=dev_stream("injector")
+    ) as inj,
+):
     clean = model(**x).logits
     with inj.active(token_mask=x["attention_mask"]):
         noisy = model(**x).logits
     model.eval()
     with inj.active(token_mask=x["attention_mask"]):
         eval_logits = model(**x).logits
-print(f"KL(clean || noisy) = {report.sig(mean_kl(clean, noisy, batch['labels']))} nats; "
-      f"noise std / hidden std at block {snr.layers}: "
-      f"{ {i: report.sig(r, 3) for i, r in inj.noise_ratios().items()} }")
+print(
+    f"KL(clean || noisy) = {report.sig(mean_kl(clean, noisy, batch['labels']))} nats; "
+    f"noise std / hidden std at block {snr.layers}: "
+    f"{ {i: report.sig(r, 3) for i, r in inj.noise_ratios().items()} }"
+)
 
 # %% [markdown]
 # ### The trainer
@@ -334,37 +420,80 @@ print(f"KL(clean || noisy) = {report.sig(mean_kl(clean, noisy, batch['labels']))
 # `TrainingArguments`. One helper builds the trainer for every run of this chapter: `use_cpu` is
 # needed only on a machine without a GPU (it is also what makes several CPU processes use DDP).
 
+
 # %%
-def make_trainer(model, out: Path, *, method: str = "noisefit", steps: int, run_seed: int,
-                 logging_steps: int = 1, save_steps: int = 0, dataset: list | None = None,
-                 **settings) -> NoiseFiTTrainer:
+def make_trainer(
+    model,
+    out: Path,
+    *,
+    method: str = "noisefit",
+    steps: int,
+    run_seed: int,
+    logging_steps: int = 1,
+    save_steps: int = 0,
+    dataset: list | None = None,
+    **settings,
+) -> NoiseFiTTrainer:
     """A NoiseFiTTrainer on `dataset` (default: the training pairs) with this chapter's settings."""
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, max_steps=steps,
-        learning_rate=cfg.lr, lr_scheduler_type="cosine", logging_steps=logging_steps,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-        report_to="none", disable_tqdm=True, seed=run_seed, use_cpu=cfg.device == "cpu",
-        dataloader_pin_memory=False)
-    nf = NoiseFiTConfig(method=method, **{"noise_std": cfg.noise_std, "num_noise_layers": cfg.k, **settings})
-    return NoiseFiTTrainer(model=model, args=args, train_dataset=dataset or train_tokens,
-                           data_collator=collator, noisefit=nf)
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        max_steps=steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        logging_steps=logging_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        report_to="none",
+        disable_tqdm=True,
+        seed=run_seed,
+        use_cpu=cfg.device == "cpu",
+        dataloader_pin_memory=False,
+    )
+    nf = NoiseFiTConfig(
+        method=method, **{"noise_std": cfg.noise_std, "num_noise_layers": cfg.k, **settings}
+    )
+    return NoiseFiTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset or train_tokens,
+        data_collator=collator,
+        noisefit=nf,
+    )
 
 
 def load_model() -> torch.nn.Module:
     """A fresh copy of the checkpoint, as a user's script would load it."""
     return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).to(cfg.device)
 
+
 # %% [markdown]
 # A short run that logs every step and saves a checkpoint halfway. The log history holds each
 # loss term and the noise-to-hidden ratio of each noisy block:
 
 # %%
-demo = make_trainer(load_model(), RUN / "demo", steps=cfg.demo_steps, run_seed=cfg.seed,
-                    save_steps=cfg.demo_steps // 2)
+demo = make_trainer(
+    load_model(),
+    RUN / "demo",
+    steps=cfg.demo_steps,
+    run_seed=cfg.seed,
+    save_steps=cfg.demo_steps // 2,
+)
 demo.train()
-TERMS = ["loss", "nf_ce", "nf_soft", "nf_consistency", *(f"nf_ratio_{i}" for i in demo.choice.layers)]
-report.show_table([{"step": h["step"], **{t: h[t] for t in TERMS}}
-                   for h in demo.state.log_history if "loss" in h][:: max(1, cfg.demo_steps // 5)])
+TERMS = [
+    "loss",
+    "nf_ce",
+    "nf_soft",
+    "nf_consistency",
+    *(f"nf_ratio_{i}" for i in demo.choice.layers),
+]
+report.show_table(
+    [
+        {"step": h["step"], **{t: h[t] for t in TERMS}}
+        for h in demo.state.log_history
+        if "loss" in h
+    ][:: max(1, cfg.demo_steps // 5)]
+)
 
 # %% [markdown]
 # Every checkpoint folder has the usual `Trainer` files plus `noisefit.json`, the settings and the
@@ -374,21 +503,36 @@ report.show_table([{"step": h["step"], **{t: h[t] for t in TERMS}}
 ckpt = RUN / "demo" / f"checkpoint-{cfg.demo_steps // 2}"
 saved = json.loads((ckpt / STATE_FILE).read_text())
 print(sorted(p.name for p in ckpt.iterdir()))
-print("saved choice:", saved["choice"]["layers"], "| method:", saved["config"]["method"],
-      "| noise_std:", saved["config"]["noise_std"])
+print(
+    "saved choice:",
+    saved["choice"]["layers"],
+    "| method:",
+    saved["config"]["method"],
+    "| noise_std:",
+    saved["config"]["noise_std"],
+)
 
 # %% [markdown]
 # Resuming: a new trainer (a new process, say, after a crash) continues from that checkpoint,
 # with `trainer.train(resume_from_checkpoint=path)` (or `True` for the last one in `output_dir`):
 
 # %%
-resumed = make_trainer(load_model(), RUN / "resumed", steps=cfg.demo_steps, run_seed=cfg.seed,
-                       save_steps=cfg.demo_steps // 2)
+resumed = make_trainer(
+    load_model(),
+    RUN / "resumed",
+    steps=cfg.demo_steps,
+    run_seed=cfg.seed,
+    save_steps=cfg.demo_steps // 2,
+)
 resumed.train(resume_from_checkpoint=str(ckpt))
-gap = max((a - b).abs().max().item()
-          for a, b in zip(resumed.model.parameters(), demo.model.parameters(), strict=True))
-print(f"resumed at step {resumed.state.global_step}; "
-      f"largest weight difference to the uninterrupted run below 1e-5: {gap < 1e-5}")
+gap = max(
+    (a - b).abs().max().item()
+    for a, b in zip(resumed.model.parameters(), demo.model.parameters(), strict=True)
+)
+print(
+    f"resumed at step {resumed.state.global_step}; "
+    f"largest weight difference to the uninterrupted run below 1e-5: {gap < 1e-5}"
+)
 
 # %% [markdown]
 # ### LoRA
@@ -399,11 +543,18 @@ print(f"resumed at step {resumed.state.global_step}; "
 # with `noisefit.json`:
 
 # %%
-lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
-                  task_type="CAUSAL_LM")
+lora = LoraConfig(
+    r=8,
+    lora_alpha=16,
+    lora_dropout=0.05,
+    target_modules=["q_proj", "v_proj"],
+    task_type="CAUSAL_LM",
+)
 lora_model = get_peft_model(load_model(), lora)
 trainable, total = lora_model.get_nb_trainable_parameters()
-print(f"trainable: {trainable:,} of {total:,} parameters ({report.sig(100 * trainable / total, 3)} %)")
+print(
+    f"trainable: {trainable:,} of {total:,} parameters ({report.sig(100 * trainable / total, 3)} %)"
+)
 lora_trainer = make_trainer(lora_model, RUN / "lora", steps=cfg.demo_steps, run_seed=cfg.seed)
 lora_trainer.train()
 lora_trainer.save_model(str(RUN / "adapter"))
@@ -419,8 +570,12 @@ lora_model.eval()
 with torch.no_grad():
     z_trained, z_reloaded = lora_model(**x).logits, reloaded(**x).logits
     z_merged = reloaded.merge_and_unload()(**x).logits
-print("reloaded adapter gives the trained logits:", torch.allclose(z_trained, z_reloaded, atol=1e-5),
-      "| merged:", torch.allclose(z_trained, z_merged, atol=1e-4))
+print(
+    "reloaded adapter gives the trained logits:",
+    torch.allclose(z_trained, z_reloaded, atol=1e-5),
+    "| merged:",
+    torch.allclose(z_trained, z_merged, atol=1e-4),
+)
 
 # %% [markdown]
 # ### Predicting
@@ -442,6 +597,7 @@ for item, answer, outcome in zip(ev.items, ev.answers, ev.outcomes, strict=True)
 # The `smoke` preset calls the same entry point, `cli.main`, inside this process instead, to save
 # the two interpreter start-ups (each imports `torch` and `transformers`: several CPU seconds).
 
+
 # %%
 def run_cli(*args: str, cwd: Path = RUN / "cli") -> tuple[int, str, str]:
     """Run `python -m noisefit_lib.noisefit ARGS` in `cwd`; return (status, stdout, stderr)."""
@@ -456,24 +612,53 @@ def run_cli(*args: str, cwd: Path = RUN / "cli") -> tuple[int, str, str]:
             os.chdir(here)
         return status, out.getvalue(), err.getvalue()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "noisefit_lib.noisefit", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "noisefit_lib.noisefit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return res.returncode, res.stdout, res.stderr
+
 
 # %% [markdown]
 # `train` on the CSV file, with LoRA (the default) and the checkpoint folder as `--model`:
 
 # %%
 status, out, err = run_cli(
-    "train", "--model", "../checkpoint", "--train_data", "train.csv", "--output_dir", "nf",
-    "--template", TEMPLATE, "--completion_only", "--batch_size", str(cfg.batch_size),
-    "--max_steps", str(cfg.cli_steps), "--learning_rate", "1e-3", "--logging_steps", "5",
-    "--num_noise_layers", str(cfg.k), "--seed", str(cfg.seed))
+    "train",
+    "--model",
+    "../checkpoint",
+    "--train_data",
+    "train.csv",
+    "--output_dir",
+    "nf",
+    "--template",
+    TEMPLATE,
+    "--completion_only",
+    "--batch_size",
+    str(cfg.batch_size),
+    "--max_steps",
+    str(cfg.cli_steps),
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "5",
+    "--num_noise_layers",
+    str(cfg.k),
+    "--seed",
+    str(cfg.seed),
+)
 assert status == 0, err[-2000:]
 summary = json.loads(out.strip().splitlines()[-1])  # the last line: a JSON summary
 print("steps:", summary["steps"], "| noisy blocks:", summary["layers"])
 print("logged:", sorted(summary["last_log"]))
-print("written:", sorted(p.name for p in (RUN / "cli" / "nf").iterdir() if not p.name.startswith("checkpoint")))
+print(
+    "written:",
+    sorted(p.name for p in (RUN / "cli" / "nf").iterdir() if not p.name.startswith("checkpoint")),
+)
 
 # %% [markdown]
 # The printed log lines (one per `--logging_steps`) and the summary hold timings and paths, so we
@@ -486,9 +671,21 @@ with open(RUN / "cli" / "test.csv", "w", newline="", encoding="utf-8") as fh:
     writer = csv.DictWriter(fh, fieldnames=["prompt"])
     writer.writeheader()
     writer.writerows({"prompt": it.prompt} for it in test_items)
-status, out, err = run_cli("predict", "--model", "nf", "--test_data", "test.csv", "--output",
-                           "pred.csv", "--template", TEMPLATE, "--max_new_tokens", "4",
-                           "--batch_size", "64")
+status, out, err = run_cli(
+    "predict",
+    "--model",
+    "nf",
+    "--test_data",
+    "test.csv",
+    "--output",
+    "pred.csv",
+    "--template",
+    TEMPLATE,
+    "--max_new_tokens",
+    "4",
+    "--batch_size",
+    "64",
+)
 assert status == 0, err[-2000:]
 with open(RUN / "cli" / "pred.csv", newline="", encoding="utf-8") as fh:
     predictions = list(csv.DictReader(fh))
@@ -501,7 +698,9 @@ print(len(predictions), "rows with columns", list(predictions[0]))
 
 # %%
 print(predictions[0])
-cli_outcomes = [world.score(p["response"], it) for p, it in zip(predictions, test_items, strict=True)]
+cli_outcomes = [
+    world.score(p["response"], it) for p, it in zip(predictions, test_items, strict=True)
+]
 print("test_known answers of the CLI's model:", facts.outcome_counts(cli_outcomes))
 
 # %% [markdown]
@@ -510,8 +709,9 @@ print("test_known answers of the CLI's model:", facts.outcome_counts(cli_outcome
 
 # %%
 (RUN / "cli" / "bad.csv").write_text("prompt,answer\nQ: Where was X born ? A:,Temvantiv .\n")
-status, out, err = run_cli("train", "--model", "../checkpoint", "--train_data", "bad.csv",
-                           "--output_dir", "nf_bad")
+status, out, err = run_cli(
+    "train", "--model", "../checkpoint", "--train_data", "bad.csv", "--output_dir", "nf_bad"
+)
 print("exit status", status)
 print(err.strip())
 
@@ -537,18 +737,52 @@ print(err.strip())
 
 # %% tags=["nbval-ignore-output"]
 if cfg.accelerate:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-              "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "noisefit_lib.noisefit", "train", "--model", "../checkpoint", "--train_data",
-              "train.csv", "--output_dir", "nf_ddp", "--template", TEMPLATE, "--batch_size", "8",
-              "--max_steps", "10", "--num_noise_layers", str(cfg.k), "--logging_steps", "5"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "noisefit_lib.noisefit",
+        "train",
+        "--model",
+        "../checkpoint",
+        "--train_data",
+        "train.csv",
+        "--output_dir",
+        "nf_ddp",
+        "--template",
+        TEMPLATE,
+        "--batch_size",
+        "8",
+        "--max_steps",
+        "10",
+        "--num_noise_layers",
+        str(cfg.k),
+        "--logging_steps",
+        "5",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    res = subprocess.run(launch, cwd=RUN / "cli", env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        launch, cwd=RUN / "cli", env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    ranks = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"output_dir"')]
-    print(f"{len(ranks)} processes, each at step {[r['steps'] for r in ranks]}, noisy blocks "
-          f"{[r['layers'] for r in ranks]}, {time.perf_counter() - start:.0f} s")
+    ranks = [
+        json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"output_dir"')
+    ]
+    print(
+        f"{len(ranks)} processes, each at step {[r['steps'] for r in ranks]}, noisy blocks "
+        f"{[r['layers'] for r in ranks]}, {time.perf_counter() - start:.0f} s"
+    )
 else:
     print("accelerate launch not run in this preset (set accelerate=True to run it)")
 
@@ -573,8 +807,12 @@ print("layer choice checks passed")
 model.train()
 with torch.no_grad():
     after = model(**x).logits
-hooks = [h for b in inject.find_decoder_layers(model)
-         for h in b._forward_hooks.values() if h.__module__.startswith("noisefit_lib")]
+hooks = [
+    h
+    for b in inject.find_decoder_layers(model)
+    for h in b._forward_hooks.values()
+    if h.__module__.startswith("noisefit_lib")
+]
 assert not torch.allclose(clean, noisy) and torch.equal(clean, eval_logits)
 assert torch.equal(clean, after) and hooks == []
 prompt = torch.tensor(tiny_lm.prompt_ids(tokenizer, [test_items[0].prompt]), device=cfg.device)
@@ -591,7 +829,10 @@ print("claim 2 holds")
 # %%
 same = load_model().train()
 losses = {}
-for method, settings in (("sft", {}), ("noisefit", {"hybrid_loss_alpha": 1.0, "lambda_consistency": 0.0})):
+for method, settings in (
+    ("sft", {}),
+    ("noisefit", {"hybrid_loss_alpha": 1.0, "lambda_consistency": 0.0}),
+):
     tr = make_trainer(same, RUN / "claim1", method=method, steps=1, run_seed=cfg.seed, **settings)
     tr.setup_noise()
     with torch.no_grad():
@@ -630,57 +871,99 @@ print("claim 3 and command-line checks passed")
 
 # %%
 seeds = [cfg.seed + i for i in range(cfg.n_seeds)]
-RUNS = {"sft": ("sft", cfg.noise_std), "noisefit": ("noisefit", cfg.noise_std),
-        f"noisefit, sigma {cfg.big_noise_std}": ("noisefit", cfg.big_noise_std)}  # label: method, sigma
+RUNS = {
+    "sft": ("sft", cfg.noise_std),
+    "noisefit": ("noisefit", cfg.noise_std),
+    f"noisefit, sigma {cfg.big_noise_std}": ("noisefit", cfg.big_noise_std),
+}  # label: method, sigma
 NF_BIG = f"noisefit, sigma {cfg.big_noise_std}"
 SPLITS = ("sft", "test_known", "test_unknown")
 _ = report.glue("noise_std", cfg.noise_std)
 _ = report.glue("big_noise_std", cfg.big_noise_std)
 _ = report.glue("k", cfg.k)
-print(f"preset {cfg.preset}: seeds {seeds}, runs {list(RUNS)}, {cfg.steps} steps of "
-      f"{cfg.batch_size} pairs, lr {cfg.lr}, label noise {cfg.label_noise}")
+print(
+    f"preset {cfg.preset}: seeds {seeds}, runs {list(RUNS)}, {cfg.steps} steps of "
+    f"{cfg.batch_size} pairs, lr {cfg.lr}, label noise {cfg.label_noise}"
+)
+
 
 # %%
 def fine_tune(label: str, run_seed: int) -> tuple[dict, list[dict], float]:
     """Fine-tune a fresh copy as run `label` on this seed's noisy labels; return scores, logs, CPU s."""
     method, sigma = RUNS[label]
-    items = world.sft_items(label_noise=cfg.label_noise,
-                            generator=runtime.numpy_stream(run_seed, "sft-labels"))
-    tokens = data.tokenize_pairs(tokenizer, facts.as_pairs(items), template=TEMPLATE,
-                                 completion_only=True)
-    tr = make_trainer(load_model(), RUN / "experiment", method=method, steps=cfg.steps,
-                      dataset=tokens, run_seed=run_seed, logging_steps=max(1, cfg.steps // 10),
-                      noise_std=sigma)
+    items = world.sft_items(
+        label_noise=cfg.label_noise, generator=runtime.numpy_stream(run_seed, "sft-labels")
+    )
+    tokens = data.tokenize_pairs(
+        tokenizer, facts.as_pairs(items), template=TEMPLATE, completion_only=True
+    )
+    tr = make_trainer(
+        load_model(),
+        RUN / "experiment",
+        method=method,
+        steps=cfg.steps,
+        dataset=tokens,
+        run_seed=run_seed,
+        logging_steps=max(1, cfg.steps // 10),
+        noise_std=sigma,
+    )
     start = time.process_time()
     tr.train()
     cpu = time.process_time() - start
-    counts = {s: tiny_lm.evaluate(tr.model, tokenizer, world, world.split(s), batch_size=512).counts()
-              for s in SPLITS}
+    counts = {
+        s: tiny_lm.evaluate(tr.model, tokenizer, world, world.split(s), batch_size=512).counts()
+        for s in SPLITS
+    }
     return counts, [h for h in tr.state.log_history if "loss" in h], cpu
+
 
 # %% [markdown]
 # The runs (the CPU time of each `train()` call is recorded, for the cost comparison below):
 
 # %%
 runs = {(label, s): fine_tune(label, s) for s in seeds for label in RUNS}
-base_counts = {s: tiny_lm.evaluate(base.model.to(cfg.device), tokenizer, world, world.split(s),
-                                   batch_size=512).counts() for s in SPLITS}
+base_counts = {
+    s: tiny_lm.evaluate(
+        base.model.to(cfg.device), tokenizer, world, world.split(s), batch_size=512
+    ).counts()
+    for s in SPLITS
+}
 for (label, s), (counts, _, _) in runs.items():
-    print(f"{label:20} seed {s}: " + "; ".join(
-        f"{split} {c['correct']}/{c['hallucinated']}" for split, c in counts.items()),
-        "(correct/hallucinated)")
+    print(
+        f"{label:20} seed {s}: "
+        + "; ".join(f"{split} {c['correct']}/{c['hallucinated']}" for split, c in counts.items()),
+        "(correct/hallucinated)",
+    )
 
 # %%
 results = {
-    "seeds": seeds, "runs_config": {k: list(v) for k, v in RUNS.items()}, "splits": list(SPLITS),
+    "seeds": seeds,
+    "runs_config": {k: list(v) for k, v in RUNS.items()},
+    "splits": list(SPLITS),
     "base_counts": base_counts,
-    "runs": [{"label": label, "method": RUNS[label][0], "noise_std": RUNS[label][1], "seed": s,
-              "counts": c, "log_history": logs, "train_cpu_seconds": cpu}
-             for (label, s), (c, logs, cpu) in runs.items()],
-    "cli": {"steps": summary["steps"], "layers": summary["layers"],
-            "test_known": facts.outcome_counts(cli_outcomes)},
-    "layer_choice": {"snr": snr.layers, "snr_scores": snr.scores, "auto": auto.layers,
-                     "auto_sigmas": auto.sigmas},
+    "runs": [
+        {
+            "label": label,
+            "method": RUNS[label][0],
+            "noise_std": RUNS[label][1],
+            "seed": s,
+            "counts": c,
+            "log_history": logs,
+            "train_cpu_seconds": cpu,
+        }
+        for (label, s), (c, logs, cpu) in runs.items()
+    ],
+    "cli": {
+        "steps": summary["steps"],
+        "layers": summary["layers"],
+        "test_known": facts.outcome_counts(cli_outcomes),
+    },
+    "layer_choice": {
+        "snr": snr.layers,
+        "snr_scores": snr.scores,
+        "auto": auto.layers,
+        "auto_sigmas": auto.sigmas,
+    },
 }
 
 # %% tags=["nbval-ignore-output"]
@@ -694,6 +977,7 @@ print("results written to", results_path.relative_to(results_path.parents[1]))
 # Outcome rates per split, with 95 % Wilson intervals over the items of all seeds pooled (with
 # {glue:text}`n_seeds_text` seed(s) an interval over seeds would say little; the paired
 # differences below use the seeds):
+
 
 # %%
 def rate_row(label: str, counts_per_seed: list[dict], split: str) -> dict:
@@ -709,18 +993,38 @@ def rate_row(label: str, counts_per_seed: list[dict], split: str) -> dict:
 
 per_run = {"base": [base_counts]} | {label: [runs[(label, s)][0] for s in seeds] for label in RUNS}
 rows = [rate_row(label, counts, split) for split in SPLITS for label, counts in per_run.items()]
-report.show_table([{k: (f"{r[k]:.3f} [{r[k + ' lo']:.3f}, {r[k + ' hi']:.3f}]"
-                        if k in ("correct", "hallucinated") else r[k])
-                    for k in ("model", "split", "answers", *facts.OUTCOMES)} for r in rows])
+report.show_table(
+    [
+        {
+            k: (
+                f"{r[k]:.3f} [{r[k + ' lo']:.3f}, {r[k + ' hi']:.3f}]"
+                if k in ("correct", "hallucinated")
+                else r[k]
+            )
+            for k in ("model", "split", "answers", *facts.OUTCOMES)
+        }
+        for r in rows
+    ]
+)
 _ = report.glue("n_seeds_text", str(len(seeds)))
 
 # %% mystnb={"figure": {"caption": "Left: the loss terms that NoiseFiTTrainer logs (nats per label token, log scale; mean over seeds, band: range over seeds): the CE of SFT and of NoiseFiT's clean pass, and NoiseFiT's two KL terms at both noise levels. Right: correct and hallucinated answers of the base checkpoint and each run per split, with 95 % Wilson intervals over the pooled items of all seeds. The CE curves of SFT and NoiseFiT overlap.", "name": "fig-noisefit-on-your-model-runs"}}
-STYLE = {"base": plotting.style(6), "sft": plotting.method_style("sft"),
-         "noisefit": plotting.method_style("noisefit"), NF_BIG: plotting.style(3)}
+STYLE = {
+    "base": plotting.style(6),
+    "sft": plotting.method_style("sft"),
+    "noisefit": plotting.method_style("noisefit"),
+    NF_BIG: plotting.style(3),
+}
 fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.4]})
-curves = [("sft", "nf_ce", "SFT: CE", "-"), ("noisefit", "nf_ce", "NoiseFiT: CE", "-"),
-          *((lab, t, f"{name}: {t[3:]} KL", ls) for lab, name in (("noisefit", "NoiseFiT"),
-            (NF_BIG, f"sigma {cfg.big_noise_std}")) for t, ls in (("nf_soft", "--"), ("nf_consistency", ":")))]
+curves = [
+    ("sft", "nf_ce", "SFT: CE", "-"),
+    ("noisefit", "nf_ce", "NoiseFiT: CE", "-"),
+    *(
+        (lab, t, f"{name}: {t[3:]} KL", ls)
+        for lab, name in (("noisefit", "NoiseFiT"), (NF_BIG, f"sigma {cfg.big_noise_std}"))
+        for t, ls in (("nf_soft", "--"), ("nf_consistency", ":"))
+    ),
+]
 for label, term, text, ls in curves:
     logs = [runs[(label, s)][1] for s in seeds]
     y = np.array([[h[term] for h in log] for log in logs])
@@ -735,10 +1039,22 @@ for j, label in enumerate(per_run):
     for k, (kind, hatch) in enumerate((("correct", ""), ("hallucinated", "//"))):
         pos = np.arange(len(SPLITS)) * 2 + k + (j - (len(per_run) - 1) / 2) * width
         yerr = [[r[kind] - r[f"{kind} lo"] for r in sub], [r[f"{kind} hi"] - r[kind] for r in sub]]
-        ax_out.bar(pos, [r[kind] for r in sub], width, yerr=yerr, capsize=2, hatch=hatch,
-                   color=STYLE[label]["color"], edgecolor="white", label=label if k == 0 else None)
-ax_out.set_xticks([2 * i + 0.5 for i in range(len(SPLITS))],
-                  [f"{s}\ncorrect | halluc. (//)" for s in SPLITS], fontsize=8)
+        ax_out.bar(
+            pos,
+            [r[kind] for r in sub],
+            width,
+            yerr=yerr,
+            capsize=2,
+            hatch=hatch,
+            color=STYLE[label]["color"],
+            edgecolor="white",
+            label=label if k == 0 else None,
+        )
+ax_out.set_xticks(
+    [2 * i + 0.5 for i in range(len(SPLITS))],
+    [f"{s}\ncorrect | halluc. (//)" for s in SPLITS],
+    fontsize=8,
+)
 ax_out.set(ylabel="fraction of answers", ylim=(0, 1.25))
 ax_out.legend(ncols=4, fontsize=8, loc="upper center")
 plt.show()
@@ -746,6 +1062,7 @@ plt.show()
 # %% [markdown]
 # The differences that matter, each NoiseFiT run minus SFT, paired by seed (same labels, same
 # data order), with a 95 % $t$-interval over the seeds:
+
 
 # %%
 def rate(counts: dict, split: str, kind: str) -> float:
@@ -760,8 +1077,15 @@ for label in ("noisefit", NF_BIG):
             a = [rate(runs[(label, s)][0], split, kind) for s in seeds]
             b = [rate(runs[("sft", s)][0], split, kind) for s in seeds]
             mean, half = stats.paired_ci(a, b)
-            diff_rows.append({"run": label, "split": split, "rate": kind, "run - SFT": mean,
-                              "± (95 %, seeds)": half if len(seeds) > 1 else "-"})
+            diff_rows.append(
+                {
+                    "run": label,
+                    "split": split,
+                    "rate": kind,
+                    "run - SFT": mean,
+                    "± (95 %, seeds)": half if len(seeds) > 1 else "-",
+                }
+            )
 report.show_table(diff_rows, digits=3)
 diff = {(r["run"], r["split"], r["rate"]): r for r in diff_rows}
 
@@ -770,6 +1094,7 @@ diff = {(r["run"], r["split"], r["rate"]): r for r in diff_rows}
 # favour and "contradicted" that it excludes zero against it; otherwise a difference of at least
 # 2 percentage points in the claimed direction is "direction only", and anything smaller "not at
 # this scale":
+
 
 # %%
 def verdict(mean: float, half: float | str, lower_is_better: bool) -> str:
@@ -785,28 +1110,37 @@ def glue_diff(key: str, label: str, split: str, kind: str) -> str:
     """Glue one paired difference as text ("+0.012 ± 0.034") and return its verdict."""
     r = diff[(label, split, kind)]
     half = r["± (95 %, seeds)"]
-    text = f"{r['run - SFT']:+.3f}" + (f" ± {half:.3f}" if isinstance(half, float) else " (one seed)")
+    text = f"{r['run - SFT']:+.3f}" + (
+        f" ± {half:.3f}" if isinstance(half, float) else " (one seed)"
+    )
     report.glue(key, text)
     return verdict(r["run - SFT"], half, lower_is_better=kind == "hallucinated")
 
 
 # the paper counts every answer its judge calls incorrect as a hallucination: its measure is accuracy
-verdict_known = report.glue("verdict_known", glue_diff("d_acc_known", "noisefit", "test_known", "correct"))
-verdict_unknown = report.glue("verdict_unknown", glue_diff("d_hall_unknown", "noisefit", "test_unknown", "hallucinated"))
+verdict_known = report.glue(
+    "verdict_known", glue_diff("d_acc_known", "noisefit", "test_known", "correct")
+)
+verdict_unknown = report.glue(
+    "verdict_unknown", glue_diff("d_hall_unknown", "noisefit", "test_unknown", "hallucinated")
+)
 _ = glue_diff("d_hall_known", "noisefit", "test_known", "hallucinated")
 _ = glue_diff("d_acc_sft", "noisefit", "sft", "correct")
 _ = report.glue("verdict_known_big", glue_diff("d_acc_known_big", NF_BIG, "test_known", "correct"))
 _ = glue_diff("d_hall_known_big", NF_BIG, "test_known", "hallucinated")
 _ = glue_diff("d_hall_unknown_big", NF_BIG, "test_unknown", "hallucinated")
 by_model = {(r["model"], r["split"]): r for r in rows}
-for key, (label, split, kind) in {"base_acc_known": ("base", "test_known", "correct"),
-                                  "sft_acc_known": ("sft", "test_known", "correct"),
-                                  "base_acc_sft": ("base", "sft", "correct"),
-                                  "sft_acc_sft": ("sft", "sft", "correct"),
-                                  "big_malformed_unknown": (NF_BIG, "test_unknown", "malformed")}.items():
+for key, (label, split, kind) in {
+    "base_acc_known": ("base", "test_known", "correct"),
+    "sft_acc_known": ("sft", "test_known", "correct"),
+    "base_acc_sft": ("base", "sft", "correct"),
+    "sft_acc_sft": ("sft", "sft", "correct"),
+    "big_malformed_unknown": (NF_BIG, "test_unknown", "malformed"),
+}.items():
     _ = report.glue(key, by_model[(label, split)][kind], 3)
-ratio_terms = np.mean([runs[("noisefit", s)][1][-1]["nf_soft"] / runs[("noisefit", s)][1][-1]["nf_ce"]
-                       for s in seeds])
+ratio_terms = np.mean(
+    [runs[("noisefit", s)][1][-1]["nf_soft"] / runs[("noisefit", s)][1][-1]["nf_ce"] for s in seeds]
+)
 _ = report.glue("soft_over_ce", ratio_terms, 2)
 
 # %% [markdown]
@@ -855,9 +1189,18 @@ _ = report.glue("cpu_ratio_big", cpu[NF_BIG] / cpu["sft"], 2)
 BENCH = runtime.runs_dir().parent / "tools" / "results" / "bench_noisefit_h200.json"  # in a clone
 if BENCH.is_file():
     bench = json.loads(BENCH.read_text())
-    report.show_table([{"benchmark row": name, "noisy blocks": ",".join(map(str, m["layers"])) or "-",
-                        "median ms / step": m["median_ms"], "x SFT": m["ratio_vs_sft"]}
-                       for name, m in bench["methods"].items()], digits=3)
+    report.show_table(
+        [
+            {
+                "benchmark row": name,
+                "noisy blocks": ",".join(map(str, m["layers"])) or "-",
+                "median ms / step": m["median_ms"],
+                "x SFT": m["ratio_vs_sft"],
+            }
+            for name, m in bench["methods"].items()
+        ],
+        digits=3,
+    )
     gpu = {name: report.sig(m["ratio_vs_sft"], 3) for name, m in bench["methods"].items()}
     gpu_name = bench["device_name"]
 else:  # outside a clone of the book's repository (Colab): the file is not there
@@ -912,16 +1255,24 @@ if full is None:
     full_known, full_unknown = "not run yet", "not run yet"
 else:
     fr = full["results"]
-    print(f"{full['hardware'].get('gpu')}, torch {full['versions']['torch']}, commit "
-          f"{str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}, seeds {fr['seeds']}")
+    print(
+        f"{full['hardware'].get('gpu')}, torch {full['versions']['torch']}, commit "
+        f"{str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}, seeds {fr['seeds']}"
+    )
     full_diff = {}
     for split, kind in (("test_known", "correct"), ("test_unknown", "hallucinated")):
-        by = {lab: [rate(r["counts"], split, kind) for r in fr["runs"] if r["label"] == lab]
-              for lab in ("noisefit", "sft")}
+        by = {
+            lab: [rate(r["counts"], split, kind) for r in fr["runs"] if r["label"] == lab]
+            for lab in ("noisefit", "sft")
+        }
         mean, half = stats.paired_ci(by["noisefit"], by["sft"])
         full_diff[split] = f"{mean:+.3f} ± {half:.3f}"
-    report.show_table([{"split": k, "rate": kind, "NoiseFiT - SFT": v}
-                       for (k, v), kind in zip(full_diff.items(), ("correct", "hallucinated"), strict=True)])
+    report.show_table(
+        [
+            {"split": k, "rate": kind, "NoiseFiT - SFT": v}
+            for (k, v), kind in zip(full_diff.items(), ("correct", "hallucinated"), strict=True)
+        ]
+    )
     full_known, full_unknown = full_diff["test_known"], full_diff["test_unknown"]
 _ = report.glue("full_d_acc_known", full_known)
 _ = report.glue("full_d_hall_unknown", full_unknown)
