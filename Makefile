@@ -18,13 +18,13 @@ export OMP_WAIT_POLICY := PASSIVE
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 NB ?=
-PRESET ?= full
+PRESET ?= book
 ARGS ?=
 CHAPTERS := $(sort $(wildcard notebooks/*/[0-9][0-9]_*.ipynb))
 
 .PHONY: book test venv execute run sync lint gpu-wheels clean help
 help:
-	@echo "make book | test | execute | run NB=<chapter> PRESET=full ARGS='-p seed 1' | sync | lint | gpu-wheels | clean"
+	@echo "make book | test | execute | run NB=<chapter> PRESET=book ARGS='-p seed 1' | sync | lint | gpu-wheels | clean"
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -46,12 +46,11 @@ test: $(STAMP)
 execute: $(STAMP)
 	$(PY) tools/execute_notebooks.py $(or $(NB),$(CHAPTERS))
 
-# One papermill run into runs/ (git-ignored), e.g. make run NB=notebooks/part2_softmax/07_two_pass_softmax.ipynb
+# One papermill run into runs/ (git-ignored), refusing unknown parameters, streaming its output:
+#   make run NB=notebooks/part2_softmax/07_two_pass_softmax.ipynb PRESET=full ARGS='-p seed 1'
 run: $(STAMP)
-	@test -n "$(NB)" || { echo "usage: make run NB=<chapter .ipynb> [PRESET=full] [ARGS='-p seed 1']"; exit 2; }
-	mkdir -p runs
-	$(VENV)/bin/papermill "$(NB)" "runs/$$(basename "$(NB)" .ipynb)-$(PRESET).ipynb" \
-	    -p preset $(PRESET) $(ARGS) --cwd "$$(dirname "$(NB)")" --no-progress-bar
+	@test -n "$(NB)" || { echo "usage: make run NB=<chapter .ipynb> [PRESET=book|smoke|full] [ARGS='-p seed 1']"; exit 2; }
+	$(PY) tools/run_chapter.py "$(NB)" --preset $(PRESET) $(ARGS)
 
 # After editing a chapter's .py: refresh its .ipynb inputs (outputs are kept), then `make execute`.
 sync: $(STAMP)

@@ -170,10 +170,10 @@ def write(path: str | Path, results: Mapping[str, Any], cfg: RunConfig) -> Path:
 def save(cfg: RunConfig, results: Mapping[str, Any], *, name: str | None = None) -> Path:
     """Write a chapter run's results under :func:`runs_dir` and print where (relative).
 
-    The file is ``runs/<chapter>/<name>.json`` with ``name`` defaulting to
-    ``<preset>-seed<seed>``. Returns the path written.
+    The file is ``runs/<chapter>/<name>.json`` with ``name`` defaulting to ``cfg.run_name``
+    (``<preset>-seed<seed>``, plus a hash of the overrides if any). Returns the path written.
     """
-    path = runs_dir() / cfg.chapter / f"{name or f'{cfg.preset}-seed{cfg.seed}'}.json"
+    path = runs_dir() / cfg.chapter / f"{name or cfg.run_name}.json"
     write(path, results, cfg)
     print(f"results written to runs/{cfg.chapter}/{path.name}")
     return path

@@ -18,6 +18,7 @@ Explained in: book/running.md. Used by every chapter.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import time
@@ -36,7 +37,8 @@ DEVICES = ("auto", "cpu", "cuda")
 class RunConfig:
     """The resolved settings of one chapter run.
 
-    Preset values are read as attributes (``cfg.n_steps``); ``values`` holds them all.
+    Preset values are read as attributes (``cfg.n_steps``); ``values`` holds them all, and
+    ``overrides`` the ones the caller changed from the preset.
     """
 
     chapter: str
@@ -44,6 +46,7 @@ class RunConfig:
     seed: int
     device: str
     values: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -60,7 +63,21 @@ class RunConfig:
             "seed": self.seed,
             "device": self.device,
             **dict(self.values),
+            "overrides": dict(self.overrides),
         }
+
+    @property
+    def run_name(self) -> str:
+        """``book-seed0``, plus a short hash of the overrides when there are any.
+
+        Two runs of one chapter with different overrides never share a name, so a sweep does not
+        overwrite itself.
+        """
+        name = f"{self.preset}-seed{self.seed}"
+        if self.overrides:
+            text = json.dumps(dict(self.overrides), sort_keys=True, default=str)
+            name += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        return name
 
     def summary(self) -> str:
         """One deterministic line per setting, for the chapter's recap cell."""
@@ -174,14 +191,20 @@ def resolve(
             f"unknown setting(s) {', '.join(map(repr, unknown))} for chapter "
             f"{chapter!r}; valid settings: {', '.join(sorted(values))}"
         )
+    changed = {}
     for name, value in overrides.items():
         if value is not None:
             _check_type(name, value, values[name])
-            values[name] = value
+            values[name] = changed[name] = value
     resolved_device = pick_device(device)
     pin_threads(threads)
     torch.set_flush_denormal(True)  # denormals slow CPU arithmetic 5-10x in long runs
     seed_everything(seed)
     return RunConfig(
-        chapter=chapter, preset=preset, seed=seed, device=resolved_device, values=values
+        chapter=chapter,
+        preset=preset,
+        seed=seed,
+        device=resolved_device,
+        values=values,
+        overrides=changed,
     )

@@ -85,3 +85,13 @@ def test_pin_threads():
             runtime.pin_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_overrides_are_recorded_and_name_the_run():
+    plain = runtime.resolve("demo", PRESETS, "book", seed=1, device="cpu", n_steps=None)
+    assert plain.overrides == {} and plain.run_name == "book-seed1"
+    assert plain.to_dict()["overrides"] == {}
+    a = runtime.resolve("demo", PRESETS, "book", seed=1, device="cpu", n_steps=5)
+    b = runtime.resolve("demo", PRESETS, "book", seed=1, device="cpu", n_steps=6)
+    assert a.overrides == {"n_steps": 5} and a.to_dict()["overrides"] == {"n_steps": 5}
+    assert a.run_name.startswith("book-seed1-") and a.run_name != b.run_name
