@@ -6,8 +6,8 @@ Every chapter ends its experiment with ::
 
 which writes, atomically, the results (DataFrames become lists of row dicts) with the run's
 config, the versions of a fixed set of packages, the hardware, the git commit and the wall time.
-A chapter shows a longer run that was committed next to it (a ``full`` run on a GPU, or a named
-long CPU run) with ::
+A chapter shows a longer run that was committed (a ``full`` run on a GPU, or a named long CPU
+run, in ``noisefit_lib/results/``) with ::
 
     full = records.committed(cfg.chapter, "full")   # a Record, or None if not committed
     report.glue("full_status", records.status(full, cfg.chapter, "full"))
@@ -53,7 +53,9 @@ PACKAGES = (
     "pandas",
     "triton",
 )
-RESULTS_FOLDER = "results"
+# Committed longer runs (``full`` on a GPU, named long CPU runs) ship inside the package, so a
+# chapter opened on Colab or downloaded alone finds them where the install cell put the library.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -236,16 +238,14 @@ def read(path: str | Path) -> Record:
     )
 
 
-def committed_path(chapter: str, preset: str, folder: str | Path = RESULTS_FOLDER) -> Path:
-    """Where a committed run of ``chapter`` lives: ``results/<chapter>_<preset>.json``."""
-    return Path(folder) / f"{chapter}_{preset}.json"
+def committed_path(chapter: str, preset: str) -> Path:
+    """The committed run of ``chapter``: ``noisefit_lib/results/<chapter>_<preset>.json``."""
+    return RESULTS_DIR / f"{chapter}_{preset}.json"
 
 
-def committed(
-    chapter: str, preset: str = "full", folder: str | Path = RESULTS_FOLDER
-) -> Record | None:
-    """The committed ``preset`` run of ``chapter`` (relative to the chapter's folder), or None."""
-    path = committed_path(chapter, preset, folder)
+def committed(chapter: str, preset: str = "full") -> Record | None:
+    """The committed ``preset`` run of ``chapter``, or None when none is committed."""
+    path = committed_path(chapter, preset)
     return read(path) if path.is_file() else None
 
 
@@ -254,7 +254,7 @@ def status(record: Record | None, chapter: str, preset: str = "full") -> str:
     if record is not None:
         return record.provenance()
     return (
-        f"No `{preset}` run of this chapter is committed (`{committed_path(chapter, preset)}` is "
-        f"not in this copy of the book), so this section shows nothing; see Running the book for "
-        f"the command that produces it."
+        f"No `{preset}` run of this chapter is committed (there is no "
+        f"`noisefit_lib/results/{committed_path(chapter, preset).name}`), so this section shows "
+        f"nothing yet; Running the book gives the command that produces it."
     )

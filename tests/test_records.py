@@ -52,13 +52,14 @@ def test_save_names_the_file_by_chapter_preset_and_seed(tmp_path, monkeypatch, c
 
 
 def test_committed_and_status(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(records, "RESULTS_DIR", tmp_path)
     assert records.committed("demo") is None
     assert records.status(None, "demo").startswith(
-        "No `full` run of this chapter is committed (`results/demo_full.json` is not in this"
+        "No `full` run of this chapter is committed (there is no "
+        "`noisefit_lib/results/demo_full.json`)"
     )
     cfg = runtime.resolve("demo", PRESETS, "full", seed=0, device="cpu")
-    records.write(tmp_path / "results" / "demo_full.json", {"a": 1}, cfg)
+    records.write(tmp_path / "demo_full.json", {"a": 1}, cfg)
     record = records.committed("demo")
     assert record is not None and record.results == {"a": 1}
     assert records.status(record, "demo") == record.provenance()
@@ -90,3 +91,13 @@ def test_git_commit_outside_a_repository(tmp_path, monkeypatch):
     assert records.git_commit(tmp_path) is None
     monkeypatch.setenv("NOISEFIT_GIT_COMMIT", "abc123")
     assert records.git_commit(tmp_path) == "abc123"
+
+
+def test_the_committed_runs_are_readable_records():
+    files = sorted(records.RESULTS_DIR.glob("*_*.json"))
+    assert files, "no committed results in noisefit_lib/results"
+    for path in files:
+        if path.name.startswith("bench_"):
+            continue  # tools/bench_noisefit.py's own format
+        record = records.read(path)
+        assert record.config["chapter"] + "_" in path.name, path.name
