@@ -60,11 +60,11 @@ METHODS = {
 def build(size: dict, device: str, spec: dict, batch: dict, tmp: str, seed: int):
     from transformers import TrainingArguments
 
-    from noisefit_lib.noisefit import tiny
+    from noisefit_lib.noisefit import toy_architectures
     from noisefit_lib.noisefit.data import CausalCollator
     from noisefit_lib.noisefit.trainer import NoiseFiTConfig, NoiseFiTTrainer
 
-    model = tiny.tiny_model(
+    model = toy_architectures.toy_model(
         "llama",
         seed=seed,
         hidden=size["hidden"],

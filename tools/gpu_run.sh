@@ -4,6 +4,11 @@
 # Needs the wheels from `make gpu-wheels` in .whl/ (or $NOISEFIT_WHEELS). Writes the executed
 # notebook and the results file under $NOISEFIT_RUNS_DIR (default: runs/).
 set -euo pipefail
+if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+  echo "usage: tools/gpu_run.sh <chapter.ipynb> [papermill args, e.g. -p seed 1]" >&2
+  echo "  runs the chapter's full preset on CUDA; then: python tools/promote_run.py <results json>" >&2
+  exit 2
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 nb=$(realpath "$1"); shift
 wheels=${NOISEFIT_WHEELS:-$root/.whl}
@@ -16,6 +21,7 @@ if ! PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import papermill,
     "$wheels"/*.whl
 fi
 export PYTHONPATH="$root:$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+python3 "$root/tools/check_deps.py"   # every dependency present before a long run, or stop here
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
 python3 -m ipykernel install --prefix "$site/kernel" --name python3 >/dev/null
 export JUPYTER_PATH="$site/kernel/share/jupyter"
@@ -24,3 +30,4 @@ out="$NOISEFIT_RUNS_DIR/$(basename "$nb" .ipynb)-gpu.ipynb"
 python3 -m papermill "$nb" "$out" -p preset full -p device cuda "$@" \
   --cwd "$(dirname "$nb")" --kernel python3 --log-output --no-progress-bar
 echo "executed notebook: $out"
+echo "promote its results with: python tools/promote_run.py $NOISEFIT_RUNS_DIR/<chapter>/full-seed0.json"
