@@ -20,7 +20,11 @@ we derive:
 All randomness comes from an explicit NumPy generator seeded by :class:`WorldConfig`'s seed, so
 a config determines its world. Pure Python and NumPy: no ``transformers`` import.
 
-Explained in: notebooks/part1_noisefit/01_a_world_we_can_check.py. Used by Part I.
+The attribute catalogue (templates and answer sets) is :mod:`noisefit_lib.facts_attributes`;
+the rate intervals are :func:`noisefit_lib.stats.wilson`.
+
+Explained in: notebooks/part1_noisefit/01_a_world_we_can_check.py. Used by every chapter of
+Part I.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+
+from noisefit_lib.facts_attributes import ATTRIBUTES, Attribute, answer_values, make_words
 
 OUTCOMES: tuple[str, ...] = ("correct", "hallucinated", "abstained", "malformed")
 """The four ways an answer is scored, in the book's order."""
@@ -55,114 +61,6 @@ SPLITS: tuple[str, ...] = (
     "abstain_pool",
 )
 """Names accepted by :meth:`World.split`."""
-
-_SYLLABLES = (
-    "zor", "van", "quil", "brel", "moor", "tas", "rin", "dov", "kel", "mar", "lio", "sen",
-    "thar", "vex", "ul", "po", "nim", "ras", "gal", "dek", "fen", "ora", "bax", "tem",
-    "cyr", "lun", "ost", "wim", "yar", "esk", "hal", "jun", "pel", "sor", "tiv", "abe",
-)  # fmt: skip
-_PROFESSIONS = (
-    "baker", "pilot", "sculptor", "chemist", "weaver", "cartographer", "judge", "farmer",
-    "astronomer", "smith", "poet", "sailor", "healer", "miner", "archivist", "tailor",
-    "glassblower", "surveyor", "potter", "clockmaker",
-)  # fmt: skip
-_INSTRUMENTS = (
-    "violin", "cello", "harp", "flute", "oboe", "lute", "drums", "piano", "trumpet",
-    "clarinet", "sitar", "organ",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One typed attribute: its answer-set size, biography and question templates.
-
-    Templates use ``{name}`` and ``{value}``; words are separated by single spaces and end with
-    `` .`` (biographies) or `` ? A:`` (questions), so a whitespace tokenizer splits them cleanly.
-
-    Attributes:
-        name: identifier, e.g. ``"birth_city"``.
-        n_values: size of the closed answer set.
-        bio: sentence templates for biographies (all used in pretraining).
-        question: the question template used for pretraining QA, fine-tuning and tests.
-        heldout: question templates never trained on (the ``test_paraphrase`` split).
-    """
-
-    name: str
-    n_values: int
-    bio: tuple[str, ...]
-    question: str
-    heldout: tuple[str, ...]
-
-
-ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute(
-        "birth_city",
-        30,
-        (
-            "{name} was born in {value} .",
-            "{name} came into the world in {value} .",
-            "the birthplace of {name} was {value} .",
-        ),
-        "Q: Where was {name} born ? A:",
-        ("Q: What is the birthplace of {name} ? A:", "Q: In which city was {name} born ? A:"),
-    ),
-    Attribute(
-        "profession",
-        20,
-        (
-            "{name} worked as a {value} .",
-            "{name} earned a living as a {value} .",
-            "by trade , {name} was a {value} .",
-        ),
-        "Q: What did {name} do for a living ? A:",
-        ("Q: What was the profession of {name} ? A:", "Q: Which job did {name} have ? A:"),
-    ),
-    Attribute(
-        "birth_decade",
-        10,
-        (
-            "{name} was born in the {value} .",
-            "{name} arrived in the {value} .",
-            "the birth of {name} fell in the {value} .",
-        ),
-        "Q: When was {name} born ? A:",
-        ("Q: In which decade was {name} born ? A:", "Q: What decade saw the birth of {name} ? A:"),
-    ),
-    Attribute(
-        "employer",
-        25,
-        (
-            "{name} was employed by {value} .",
-            "{name} held a job at {value} .",
-            "the employer of {name} was {value} .",
-        ),
-        "Q: Who employed {name} ? A:",
-        ("Q: Which company did {name} work for ? A:", "Q: Who was the employer of {name} ? A:"),
-    ),
-    Attribute(
-        "home_country",
-        15,
-        (
-            "{name} lived in {value} .",
-            "{name} made a home in {value} .",
-            "the home country of {name} was {value} .",
-        ),
-        "Q: Where did {name} live ? A:",
-        ("Q: Which country was home to {name} ? A:", "Q: In which country did {name} live ? A:"),
-    ),
-    Attribute(
-        "instrument",
-        12,
-        (
-            "{name} played the {value} .",
-            "{name} was skilled at the {value} .",
-            "the instrument of {name} was the {value} .",
-        ),
-        "Q: What instrument did {name} play ? A:",
-        ("Q: Which instrument was {name} skilled at ? A:", "Q: What did {name} play ? A:"),
-    ),
-)
-"""The attribute catalogue; a world uses the first ``WorldConfig.n_attributes`` of them."""
 
 
 @dataclass(frozen=True)
@@ -273,47 +171,6 @@ class QAItem:
         return f"{self.prompt} {self.response}"
 
 
-def _words(rng: np.random.Generator, n: int, syllables: tuple[int, int], taken: set[str]) -> list:
-    """``n`` new capitalised syllable words of 2-3 (or given) syllables, none in ``taken``."""
-    out: list[str] = []
-    low, high = syllables
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * n + 1000:
-            raise RuntimeError("could not generate enough distinct words")
-        k = int(rng.integers(low, high + 1))
-        word = "".join(_SYLLABLES[int(i)] for i in rng.integers(0, len(_SYLLABLES), k))
-        word = word.capitalize()
-        if word not in taken:
-            taken.add(word)
-            out.append(word)
-    return out
-
-
-def answer_values(rng: np.random.Generator, taken: set[str]) -> dict[str, tuple[str, ...]]:
-    """The closed answer set of every attribute in :data:`ATTRIBUTES` (pairwise disjoint).
-
-    Args:
-        rng: the world's generator.
-        taken: words already used (names); new words avoid them and are added to it.
-
-    Returns:
-        Attribute name -> tuple of values.
-    """
-    n = {a.name: a.n_values for a in ATTRIBUTES}
-    values = {
-        "birth_city": tuple(_words(rng, n["birth_city"], (2, 3), taken)),
-        "profession": _PROFESSIONS[: n["profession"]],
-        "birth_decade": tuple(f"{1900 + 10 * i}s" for i in range(n["birth_decade"])),
-        "employer": tuple(w + "corp" for w in _words(rng, n["employer"], (2, 2), taken)),
-        "home_country": tuple(w + "ia" for w in _words(rng, n["home_country"], (2, 2), taken)),
-        "instrument": _INSTRUMENTS[: n["instrument"]],
-    }
-    taken.update(w for vals in values.values() for w in vals)
-    return values
-
-
 class World:
     """A seeded world of fictional people, its corpus, its QA splits and its scorer.
 
@@ -328,8 +185,8 @@ class World:
         )
         self.attributes: tuple[Attribute, ...] = ATTRIBUTES[: self.config.n_attributes]
         taken: set[str] = set()
-        firsts = _words(rng, self.config.n_first_names, (2, 2), taken)
-        lasts = _words(rng, self.config.n_last_names, (3, 3), taken)
+        firsts = make_words(rng, self.config.n_first_names, (2, 2), taken)
+        lasts = make_words(rng, self.config.n_last_names, (3, 3), taken)
         all_values = answer_values(rng, taken)
         self.values: dict[str, tuple[str, ...]] = {
             a.name: all_values[a.name] for a in self.attributes
@@ -562,25 +419,6 @@ def outcome_rates(outcomes: Sequence[str]) -> dict[str, float]:
     return {o: c / len(outcomes) for o, c in outcome_counts(outcomes).items()}
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial rate (95 % by default), valid at 0 and n too.
-
-    Args:
-        successes: number of hits, ``0 <= successes <= n``.
-        n: number of trials, at least 1.
-        z: the normal quantile of the interval.
-
-    Returns:
-        ``(low, high)``.
-    """
-    if n < 1 or not 0 <= successes <= n:
-        raise ValueError(f"need n >= 1 and 0 <= successes <= n, got {successes}/{n}")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
 def as_pairs(items: Iterable[QAItem]) -> list[dict[str, str]]:
     """Items as ``{"prompt", "response"}`` dicts, the format of ``noisefit.data`` ("plain")."""
     return [{"prompt": it.prompt, "response": it.response} for it in items]
@@ -589,19 +427,15 @@ def as_pairs(items: Iterable[QAItem]) -> list[dict[str, str]]:
 __all__ = [
     "ABSTAIN",
     "ABSTAIN_PHRASES",
-    "ATTRIBUTES",
     "END",
     "OUTCOMES",
     "SPLITS",
-    "Attribute",
     "Person",
     "QAItem",
     "World",
     "WorldConfig",
-    "answer_values",
     "as_pairs",
     "outcome_counts",
     "outcome_rates",
     "parse_answer",
-    "wilson_interval",
 ]

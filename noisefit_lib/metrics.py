@@ -4,8 +4,9 @@ Everything here works on NumPy arrays (torch tensors are converted) and returns 
 dicts of floats, so results files stay JSON-serialisable. Each function is checked against a
 hand-computed value or scikit-learn in ``tests/test_metrics.py``.
 
-Explained in: the SDM activation chapter (calibration, admitted-set accuracy) and the soft
-thinking chapter (pass@k).
+Explained in: notebooks/part2_softmax/13_sdm_activation.py (calibration, admitted-set accuracy)
+and notebooks/part2_softmax/15_soft_thinking.py (pass@k); used by
+notebooks/part1_noisefit/01_a_world_we_can_check.py (calibration of the base model).
 """
 
 from __future__ import annotations

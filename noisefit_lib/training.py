@@ -1,4 +1,12 @@
-"""A small, seeded training loop that records a history: the one the softmax chapters share.
+"""The book's training loop family: one seeded loop, one optimiser step, one learning-rate schedule.
+
+* :func:`train`: the small, seeded loop that records a history (the softmax chapters);
+* :func:`optimizer_step`: clear the gradients, back-propagate, clip, step: the step that
+  :func:`train`, :func:`noisefit_lib.nanogpt.train_lm` and Part I's pretraining
+  (:func:`noisefit_lib.facts_llama.pretrain`) share;
+* :func:`warmup_cosine_lr` (with :func:`set_lr`): linear warm-up, then cosine decay to an
+  optional floor: the one schedule of those loops;
+* :func:`pad`: token lists to a padded ``(input_ids, attention_mask)`` batch.
 
 Every chapter that trains a model writes the same six lines (draw a batch, forward, loss,
 backward, step, log now and then). :func:`train` is those lines, once, with two guarantees the
@@ -11,13 +19,15 @@ straight into a results file)::
                              evaluate=lambda m: {"test_acc": accuracy(m)})
     history[-1]   # {"step": 500, "loss": 0.41, "test_acc": 0.93}
 
-Explained in: notebooks/part2_softmax/08_z_loss.py and 09_stablemax_grokking.py (Experiment).
+Explained in: notebooks/part2_softmax/08_z_loss.py and 09_stablemax_grokking.py (Experiment);
+the schedule and the padded batches in notebooks/part1_noisefit/01_a_world_we_can_check.py
+(pretraining) and 05_noisefit_end_to_end.py (fine-tuning).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -104,14 +114,86 @@ def train(
             idx = torch.randint(len(inputs), (batch_size,), generator=generator)
             idx = idx.to(inputs.device)
             x, y = inputs[idx], targets[idx]
-        optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         if (eval_every and step % eval_every == 0) or step == num_steps:
             if not history or history[-1]["step"] != step:
                 history.append(record(step, float(loss.detach())))
     return history
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    *,
+    clip_params: Iterable[torch.nn.Parameter] | None = None,
+    max_grad_norm: float = 0.0,
+) -> None:
+    """One optimiser step on ``loss``: clear the gradients, back-propagate, clip, step.
+
+    Args:
+        optimizer: the optimizer (or a wrapper with ``zero_grad`` and ``step``).
+        loss: the scalar loss of this step's batch.
+        clip_params: the parameters whose gradient norm is clipped (needed when clipping).
+        max_grad_norm: clip their total gradient norm to this; ``0`` does not clip.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        if clip_params is None:
+            raise ValueError("max_grad_norm > 0 needs clip_params")
+        torch.nn.utils.clip_grad_norm_(clip_params, max_grad_norm)
+    optimizer.step()
+
+
+def warmup_cosine_lr(
+    step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, floor: float = 0.0
+) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then cosine decay to a floor.
+
+    The first ``warmup_steps`` steps rise linearly to ``peak_lr`` (step 0 gets
+    ``peak_lr / warmup_steps``); the remaining steps follow half a cosine from ``peak_lr``
+    down to ``floor * peak_lr``, reached at ``total_steps``.
+
+    Args:
+        step: the optimizer step, from 0.
+        peak_lr: the learning rate at the end of the warm-up.
+        warmup_steps: steps of linear warm-up (0: start at the peak).
+        total_steps: the run's length in steps.
+        floor: the final learning rate as a fraction of ``peak_lr``.
+    """
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def pad(
+    sequences: Sequence[Sequence[int]], *, side: str = "right", pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists into ``(input_ids, attention_mask)``, both long tensors of shape (B, T).
+
+    Args:
+        sequences: token ids per row.
+        side: ``"right"`` (training batches) or ``"left"`` (prompts for generation).
+        pad_id: the id written into padding positions (0 is ``<pad>`` of Part I's tokenizer).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[i, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
 
 
 def column(history: list[dict[str, float]], key: str) -> list[float]:

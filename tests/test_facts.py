@@ -172,7 +172,7 @@ def test_parse_answer():
     assert facts.parse_answer("I don't know . x") == "I don't know"
 
 
-def test_rates_counts_and_wilson():
+def test_rates_and_counts():
     outcomes = ["correct"] * 3 + ["hallucinated"] + ["abstained"] * 0 + ["malformed"] * 4
     assert facts.outcome_counts(outcomes) == {
         "correct": 3,
@@ -186,12 +186,6 @@ def test_rates_counts_and_wilson():
         facts.outcome_counts(["right"])
     with pytest.raises(ValueError):
         facts.outcome_rates([])
-    low, high = facts.wilson_interval(0, 10)
-    assert low == 0 and 0.2 < high < 0.35  # 0.2775 by the closed form
-    low, high = facts.wilson_interval(50, 100)
-    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
-    with pytest.raises(ValueError):
-        facts.wilson_interval(3, 2)
 
 
 def test_as_pairs_matches_noisefit_plain_template(world):

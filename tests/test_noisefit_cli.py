@@ -39,13 +39,13 @@ def _csv(path, rows, header=("prompt", "response")):
 def tiny_dir(tmp_path_factory):
     from transformers.utils import logging
 
-    from noisefit_lib import tiny_lm
-    from noisefit_lib.noisefit import tiny
+    from noisefit_lib import facts_tokenizer
+    from noisefit_lib.noisefit import toy_architectures
 
     logging.set_verbosity_error()
     words = sorted({w for p, r in PAIRS for w in f"{p} {r}".split()})
-    tok = tiny_lm.build_tokenizer(words)
-    model = tiny.tiny_model("llama", hidden=32, layers=3, vocab=len(tok))
+    tok = facts_tokenizer.build_tokenizer(words)
+    model = toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=len(tok))
     out = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(out)
     tok.save_pretrained(out)

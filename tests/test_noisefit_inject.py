@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from noisefit_lib.noisefit import inject, noise, packing, tiny
+from noisefit_lib.noisefit import inject, noise, packing, toy_architectures
 
 NO_DROPOUT = {
     "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
@@ -15,7 +15,9 @@ NO_DROPOUT = {
 
 
 def _model(arch):
-    return tiny.tiny_model(arch, hidden=32, layers=3, heads=4, vocab=64, **NO_DROPOUT.get(arch, {}))
+    return toy_architectures.toy_model(
+        arch, hidden=32, layers=3, heads=4, vocab=64, **NO_DROPOUT.get(arch, {})
+    )
 
 
 def _batch():
@@ -26,7 +28,7 @@ def _batch():
     return x, am
 
 
-@pytest.mark.parametrize("arch", tiny.ARCHS)
+@pytest.mark.parametrize("arch", toy_architectures.ARCHS)
 def test_architecture_layers_hooks_and_noise_off(arch):
     m = _model(arch)
     blocks = inject.find_decoder_layers(m)

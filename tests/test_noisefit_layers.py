@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from noisefit_lib.noisefit import calibrate, inject, layers, tiny
+from noisefit_lib.noisefit import calibrate, inject, layers, toy_architectures
 
 
 def _hidden(seed=0, shape=(4, 8, 32)):
@@ -35,7 +35,7 @@ def test_snr_ranking_equals_inverse_scale_ranking():
 
 
 def test_layer_outputs_raw_vs_post_norm_last():
-    m = tiny.tiny_model("llama", hidden=32, layers=3, vocab=64)
+    m = toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=64)
     batch = {"input_ids": torch.randint(4, 64, (2, 6), generator=torch.Generator().manual_seed(0))}
     raw = layers.layer_outputs(m, batch)
     v1 = layers.layer_outputs(m, batch, post_norm_last=True)
@@ -57,12 +57,12 @@ def test_spectrum_weight_snr():
     assert layers.weight_snr(2 * noise_only) == pytest.approx(
         layers.weight_snr(noise_only) / 2, rel=1e-4
     )
-    m = tiny.tiny_model("llama", hidden=32, layers=3, vocab=64)
+    m = toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=64)
     assert layers.spectrum_snr(m).shape == (3,)
 
 
 def test_choose_layers_methods_and_errors():
-    m = tiny.tiny_model("llama", hidden=32, layers=4, vocab=64)
+    m = toy_architectures.toy_model("llama", hidden=32, layers=4, vocab=64)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(4, 64, (4, 6), generator=g)
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
@@ -85,7 +85,7 @@ def test_choose_layers_methods_and_errors():
 
 
 def test_auto_calibration():
-    m = tiny.tiny_model("llama", hidden=32, layers=4, vocab=64)
+    m = toy_architectures.toy_model("llama", hidden=32, layers=4, vocab=64)
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(2):
@@ -106,7 +106,7 @@ def test_auto_calibration():
 
 def test_choose_layers_auto_uses_the_given_generator():
     """v2 calibration through choose_layers follows its generator, not torch's global state."""
-    m = tiny.tiny_model("llama", hidden=32, layers=4, vocab=64)
+    m = toy_architectures.toy_model("llama", hidden=32, layers=4, vocab=64)
     x = torch.randint(4, 64, (4, 6), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
     reports = []

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from noisefit_lib.noisefit import ablations
 from noisefit_lib.noisefit import losses as L
 
 
@@ -127,24 +128,26 @@ def test_causal_ce_matches_manual_shift():
 def test_ablation_modes():
     zc, z1, z2 = (_logits(i).float().requires_grad_(True) for i in range(3))
     ce = L.causal_ce(zc, LABELS)
-    nce = L.ablation_loss("ce_noisy", LABELS, noisy1=z1)
+    nce = ablations.ablation_loss("ce_noisy", LABELS, noisy1=z1)
     torch.testing.assert_close(nce.total, L.causal_ce(z1, LABELS))
-    ce_kl = L.ablation_loss("ce_kl", LABELS, clean=zc, noisy1=z1, alpha=0.7)
+    ce_kl = ablations.ablation_loss("ce_kl", LABELS, clean=zc, noisy1=z1, alpha=0.7)
     torch.testing.assert_close(ce_kl.total, 0.7 * ce + 0.3 * ce_kl.soft)
-    full = L.ablation_loss("full", LABELS, clean=zc, noisy1=z1, noisy2=z2, lam=0.05)
+    full = ablations.ablation_loss("full", LABELS, clean=zc, noisy1=z1, noisy2=z2, lam=0.05)
     ref = L.hybrid_loss(ce, zc, z1, z2, LABELS, lam=0.05)
     torch.testing.assert_close(full.total, ref.total)
     # v2's kl_only keeps the teacher's gradient (faithful), ours does not
     for faithful, expect_grad in ((True, True), (False, False)):
         zc.grad = None
-        L.ablation_loss("kl_only", LABELS, clean=zc, noisy1=z1, faithful=faithful).total.backward()
+        ablations.ablation_loss(
+            "kl_only", LABELS, clean=zc, noisy1=z1, faithful=faithful
+        ).total.backward()
         assert (zc.grad is not None and zc.grad.abs().sum() > 0) == expect_grad
-    cons = L.ablation_loss("consistency_only", LABELS, noisy1=z1, noisy2=z2)
+    cons = ablations.ablation_loss("consistency_only", LABELS, noisy1=z1, noisy2=z2)
     assert float(cons.total.detach()) > 0 and float(cons.ce) == 0
     with pytest.raises(ValueError, match="ce_noisy, ce_kl, kl_only, consistency_only, full"):
-        L.ablation_loss("nope", LABELS)
+        ablations.ablation_loss("nope", LABELS)
     with pytest.raises(ValueError, match="missing noisy2"):
-        L.ablation_loss("full", LABELS, clean=zc, noisy1=z1)
+        ablations.ablation_loss("full", LABELS, clean=zc, noisy1=z1)
 
 
 def test_forward_only_second_pass_keeps_value_and_gradient_of_first():
@@ -161,3 +164,9 @@ def test_forward_only_second_pass_keeps_value_and_gradient_of_first():
     cons = L.consistency_kl(z1, z2, LABELS)
     (0.5 * k1 + 0.1 * cons).backward()
     torch.testing.assert_close(g1, z1.grad)  # gradient of KL_1 with full weight
+
+
+def test_v2_undetached_is_v1_and_v2_is_fixed_with_the_unshifted_mask():
+    assert L.V2_UNDETACHED == L.V1
+    assert not any(vars(L.V1).values())
+    assert L.V2 == L.KLConvention(shift=False)

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from noisefit_lib.noisefit import data, inject, tiny
+from noisefit_lib.noisefit import data, inject, toy_architectures
 from noisefit_lib.noisefit import trainer as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,11 @@ def _items(n=32, vocab=100, seed=0):
 
 
 def _trainer(tmp, method="noisefit", model=None, steps=2, save_steps=0, **nf):
-    m = model if model is not None else tiny.tiny_model("llama", hidden=32, layers=3, vocab=100)
+    m = (
+        model
+        if model is not None
+        else toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=100)
+    )
     args = TrainingArguments(
         output_dir=str(tmp),
         per_device_train_batch_size=8,
@@ -183,7 +187,7 @@ def test_save_reload_and_resume(tmp_path):
 def test_lora_adapter_round_trip(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = tiny.tiny_model("llama", hidden=32, layers=3, vocab=100)
+    base = toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=100)
     base.save_pretrained(tmp_path / "base")
     pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     tr = _trainer(tmp_path / "run", "noisefit", model=pm, steps=2)
@@ -218,13 +222,13 @@ ACCEL_SCRIPT = textwrap.dedent(
     from transformers import TrainingArguments
     from transformers.utils import logging
     logging.set_verbosity_error()
-    from noisefit_lib.noisefit import data, tiny, trainer as T
+    from noisefit_lib.noisefit import data, toy_architectures, trainer as T
     g = torch.Generator().manual_seed(0)
     items = [{"input_ids": torch.randint(4, 100, (8,), generator=g).tolist()} for _ in range(32)]
     args = TrainingArguments(output_dir=sys.argv[1], per_device_train_batch_size=4, max_steps=2,
                              logging_steps=1, report_to="none", disable_tqdm=True, use_cpu=True,
                              save_strategy="no")
-    model = tiny.tiny_model("llama", hidden=32, layers=3, vocab=100)
+    model = toy_architectures.toy_model("llama", hidden=32, layers=3, vocab=100)
     tr = T.NoiseFiTTrainer(model=model, args=args, train_dataset=items,
                            data_collator=data.CausalCollator(0),
                            noisefit=T.NoiseFiTConfig(num_noise_layers=2))

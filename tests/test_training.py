@@ -1,5 +1,7 @@
-"""noisefit_lib.training: the shared seeded training loop."""
+"""noisefit_lib.training: the seeded loop, the shared optimiser step, the one learning-rate
+schedule and padded batches."""
 
+import itertools
 import math
 
 import pytest
@@ -121,3 +123,42 @@ def test_length_mismatch_and_missing_column_raise():
         )
     with pytest.raises(KeyError, match="acc"):
         training.column([{"step": 0.0, "loss": 1.0}], "acc")
+
+
+def test_warmup_cosine_schedule_with_and_without_floor():
+    lrs = [
+        training.warmup_cosine_lr(s, peak_lr=1e-3, warmup_steps=10, total_steps=100)
+        for s in range(100)
+    ]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert training.warmup_cosine_lr(100, peak_lr=1e-3, warmup_steps=10, total_steps=100) == 0.0
+    floored = training.warmup_cosine_lr(
+        100, peak_lr=1e-3, warmup_steps=10, total_steps=100, floor=0.1
+    )
+    assert floored == pytest.approx(1e-4)
+    no_warmup = training.warmup_cosine_lr(0, peak_lr=1e-3, warmup_steps=0, total_steps=10)
+    assert no_warmup == 1e-3
+
+
+def test_optimizer_step_clips_only_when_asked():
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.weight.detach().clone()
+    loss = 1000 * model(torch.ones(1, 3)).sum()
+    training.optimizer_step(
+        optimizer, loss, clip_params=list(model.parameters()), max_grad_norm=1.0
+    )
+    assert torch.linalg.vector_norm(model.weight.detach() - before) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="clip_params"):
+        training.optimizer_step(optimizer, model(torch.ones(1, 3)).sum(), max_grad_norm=1.0)
+
+
+def test_pad_left_and_right():
+    ids, mask = training.pad([[5, 6, 7], [8]], side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = training.pad([[5, 6, 7], [8]], pad_id=9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError):
+        training.pad([[1]], side="middle")

@@ -1,10 +1,11 @@
 """Download the wheels a bare GPU machine needs to run chapters with papermill (`make gpu-wheels`).
 
 The GPU image has Python 3.12, torch, transformers, matplotlib and the common utilities, but no
-papermill, ipykernel or nbclient and no package index. This script takes the closure of
-papermill's and ipykernel's requirements *at the versions installed in this venv* (the book's
-pins), leaves out what the image already provides, and downloads wheels for CPython 3.12 on
-x86-64 Linux into the folder given (default `.whl/`). `tools/gpu_run.sh` installs them there.
+papermill, ipykernel, nbclient or pandas (which the library's reporting layer needs) and no
+package index. This script takes the closure of their requirements *at the versions installed
+in this venv* (the book's pins), leaves out what the image already provides, and downloads
+wheels for CPython 3.12 on x86-64 Linux into the folder given (default `.whl/`).
+`tools/gpu_run.sh` installs them there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from packaging.markers import Marker
 
-ROOTS = ("papermill", "ipykernel", "nbclient")
+ROOTS = ("papermill", "ipykernel", "nbclient", "pandas")  # pandas: the reporting layer (stats)
 PROVIDED_BY_GPU_IMAGE = {  # read from the image's package list; carrying them would shadow it
     "attrs",
     "certifi",
@@ -34,6 +35,7 @@ PROVIDED_BY_GPU_IMAGE = {  # read from the image's package list; carrying them w
     "typing-extensions",
     "urllib3",
     "aiohttp",  # papermill needs it on Python 3.12 only; the image has it and its dependencies
+    "numpy",  # torch and matplotlib bring it; pandas must use the image's
 }
 TARGET = {
     "python_version": "3.12",

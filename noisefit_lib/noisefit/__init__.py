@@ -6,10 +6,11 @@ Modules (import them, not names; only ``trainer`` and ``cli`` import ``transform
 - ``inject``: finding decoder layers and the noise-injecting context managers;
 - ``packing``: clean and noisy passes in one batch, optionally sharing the prefix;
 - ``layers`` and ``calibrate``: which layers get noise (v1 SNR and variants, v2 auto);
-- ``losses``: hybrid loss, v2 ablations, R-Drop;
+- ``losses``: hybrid loss, its KL conventions, R-Drop; ``ablations``: v2's loss ablations;
 - ``trainer``: ``NoiseFiTTrainer`` and ``NoiseFiTConfig``;
 - ``data``, ``cli``: CSV data and ``python -m noisefit_lib.noisefit train|predict``;
-- ``tiny``: tiny models of each supported architecture, built from configs.
+- ``toy_architectures``: toy models of each supported architecture, built from configs.
 
-Usage page: book/noisefit_library.md.
+Explained in: book/noisefit_library.md (the usage page) and chapters 2-6 of Part I
+(notebooks/part1_noisefit/02_where_to_inject_noise.py to 06_noisefit_on_your_model.py).
 """

@@ -1,4 +1,8 @@
-"""``python -m noisefit_lib.noisefit train|predict``: see :mod:`noisefit_lib.noisefit.cli`."""
+"""``python -m noisefit_lib.noisefit train|predict``: see :mod:`noisefit_lib.noisefit.cli`.
+
+Explained in: notebooks/part1_noisefit/06_noisefit_on_your_model.py and book/noisefit_library.md
+(Command line).
+"""
 
 import os
 import sys

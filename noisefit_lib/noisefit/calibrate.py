@@ -6,7 +6,9 @@ records the symmetric KL between clean and noisy next-token distributions and th
 Layers whose best penalised score passes ``median + MAD`` are kept (at most ``ceil(sqrt(L))``,
 spread over depth bands) and each gets the smallest valid scale reaching a target KL.
 
-Explained in: book/noisefit_library.md (Layer selection). Spec: section 1.3.
+Explained in: notebooks/part1_noisefit/02_where_to_inject_noise.py and book/noisefit_library.md
+(Layer selection). Source: the official v2 code, github.com/akhadangi/NoiseFiT (``NoiseFiT.py``,
+``select_layers``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Bad input (missing file or column, empty CSV, unknown method, a model path that does not
 exist) ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
 
-Explained in: book/noisefit_library.md (CLI).
+Explained in: notebooks/part1_noisefit/06_noisefit_on_your_model.py and book/noisefit_library.md
+(Command line).
 """
 
 from __future__ import annotations

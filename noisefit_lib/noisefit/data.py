@@ -1,6 +1,7 @@
 """Prompt/response CSV files, prompt templates, tokenisation and padding for NoiseFiT training.
 
-Explained in: book/noisefit_library.md (CLI).
+Explained in: notebooks/part1_noisefit/06_noisefit_on_your_model.py and book/noisefit_library.md
+(Command line).
 """
 
 from __future__ import annotations

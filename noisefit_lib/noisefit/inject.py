@@ -3,7 +3,8 @@
 The hooks live only inside a context manager, add nothing unless switched on with
 :meth:`NoiseInjector.active`, and never fire in ``eval()`` mode or inside ``generate()``.
 
-Explained in: book/noisefit_library.md (Injection).
+Explained in: notebooks/part1_noisefit/02_where_to_inject_noise.py and book/noisefit_library.md
+(Injection).
 """
 
 from __future__ import annotations

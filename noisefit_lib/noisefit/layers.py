@@ -8,7 +8,10 @@ except ``w, f`` scales with ``h``, ``SNR ~ mean|h| / (sqrt(2/pi) * sigma * std(h
 of a pre-LN model) and "Lowest" the largest (deep) ones. :func:`snr_closed_form` computes it
 without Monte Carlo, and :func:`hidden_scale` ranks by the scale directly.
 
-Explained in: book/noisefit_library.md (Layer selection). Spec: section 1.2, 1.3, 2.1, 6.3, T8.
+Explained in: notebooks/part1_noisefit/02_where_to_inject_noise.py and book/noisefit_library.md
+(Layer selection). Source: Khadangi et al. 2025, arXiv:2504.03302 (SNR layer choice); the
+official code, github.com/akhadangi/NoiseFiT (``NoiseFiT_v1_manual_snr.py``); Spectrum's SNR,
+Hartford et al. 2024, arXiv:2406.06623 (``spectrum.py``).
 """
 
 from __future__ import annotations

@@ -1,26 +1,25 @@
-"""NoiseFiT's hybrid loss, v2's ablation losses and R-Drop, as pure functions of logits.
+"""NoiseFiT's hybrid loss, its KL conventions and R-Drop, as pure functions of logits.
 
 All functions take logits of shape (B, T, V) and HF-style labels (B, T) with -100 for ignored
 positions, and return a :class:`LossTerms`. How the KL terms are formed (teacher detached or
 not, temperature on one or both sides, shifted or unshifted mask) is a
 :class:`KLConvention`; :data:`FIXED` is the default, :data:`V1` reproduces the official v1
-code quirk for quirk.
+code quirk for quirk. v2's ablation losses are :mod:`noisefit_lib.noisefit.ablations`.
 
-Explained in: book/noisefit_library.md (Losses). Spec: noisefit-spec.md sections 1.2, 1.3, 6.2.
+Explained in: notebooks/part1_noisefit/04_hybrid_loss.py and book/noisefit_library.md (Losses).
+Source: Khadangi et al. 2025, arXiv:2504.03302 (the hybrid loss); the official code,
+github.com/akhadangi/NoiseFiT (v1 ``NoiseFiT_v1_manual_snr.py``; v2 ``NoiseFiT.py``, ablations).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
-AblationMode = Literal["ce_noisy", "ce_kl", "kl_only", "consistency_only", "full"]
-ABLATION_MODES: tuple[str, ...] = ("ce_noisy", "ce_kl", "kl_only", "consistency_only", "full")
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,25 @@ class KLConvention:
 
 FIXED = KLConvention()
 """Our default: detached teacher, T on both sides with T^2, shifted mask."""
-V1 = KLConvention(False, False, False, False, False)
-"""The official v1 code (NoiseFiT_v1_manual_snr.py), quirks included."""
-V2 = KLConvention(True, True, True, False, True)
-"""The official v2 code's ``full`` and ``ce_kl`` modes (unshifted mask)."""
-V2_UNDETACHED = KLConvention(False, False, False, False, False)
-"""The official v2 code's ``kl_only`` and ``consistency_only`` modes."""
+V1 = KLConvention(
+    detach_teacher=False,
+    temperature_on_student=False,
+    t_squared=False,
+    shift=False,
+    detach_consistency_target=False,
+)
+"""The official v1 code (NoiseFiT_v1_manual_snr.py), quirks included: every switch off."""
+V2 = KLConvention(
+    detach_teacher=True,
+    temperature_on_student=True,
+    t_squared=True,
+    shift=False,
+    detach_consistency_target=True,
+)
+"""The official v2 code's ``full`` and ``ce_kl`` modes: :data:`FIXED` with the unshifted mask."""
+V2_UNDETACHED = V1
+"""The official v2 code's ``kl_only`` and ``consistency_only`` modes: the same convention as
+:data:`V1` (nothing detached, T on the teacher only, no T^2, unshifted mask)."""
 
 
 @dataclass
@@ -306,98 +318,6 @@ def _detached_targets_kl(
     if convention.t_squared:
         soft, cons = soft * t**2, cons * t**2
     return ce, soft, cons
-
-
-def ablation_loss(
-    mode: str,
-    labels: torch.Tensor,
-    *,
-    ce: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-    noisy1: torch.Tensor | None = None,
-    noisy2: torch.Tensor | None = None,
-    alpha: float = 0.5,
-    lam: float = 0.05,
-    temperature: float = 1.0,
-    faithful: bool = False,
-    second_student: bool = True,
-) -> LossTerms:
-    """The v2 loss-component ablations.
-
-    ============================  ===========================  ====================================
-    mode                          passes needed                objective
-    ============================  ===========================  ====================================
-    ``ce_noisy``                  noisy1                       CE(noisy1)
-    ``ce_kl``                     clean, noisy1                alpha CE + (1 - alpha) KL(clean, n1)
-    ``kl_only``                   clean, noisy1                KL(clean, n1)
-    ``consistency_only``          noisy1, noisy2               KL(n2 || n1)
-    ``full``                      clean, noisy1, noisy2        :func:`hybrid_loss`
-    ============================  ===========================  ====================================
-
-    Args:
-        mode: one of :data:`ABLATION_MODES`.
-        labels: (B, T).
-        ce: clean CE (computed from ``clean`` when omitted).
-        clean: clean logits.
-        noisy1: first noisy logits.
-        noisy2: second noisy logits.
-        alpha: ``hybrid_loss_alpha``.
-        lam: ``lambda_consistency``.
-        temperature: T.
-        faithful: use the official v2 code's conventions for each mode (unshifted masks;
-            ``kl_only`` and ``consistency_only`` undetached with T on the teacher only);
-            otherwise :data:`FIXED` everywhere.
-        second_student: for ``full``, see :func:`hybrid_loss`.
-
-    Returns:
-        :class:`LossTerms`.
-
-    Raises:
-        ValueError: for an unknown mode or a missing pass.
-    """
-    if mode not in ABLATION_MODES:
-        raise ValueError(f"unknown ablation mode {mode!r}; choose {', '.join(ABLATION_MODES)}")
-    need = {
-        "ce_noisy": ("noisy1",),
-        "ce_kl": ("clean", "noisy1"),
-        "kl_only": ("clean", "noisy1"),
-        "consistency_only": ("noisy1", "noisy2"),
-        "full": ("clean", "noisy1", "noisy2"),
-    }[mode]
-    given = {"clean": clean, "noisy1": noisy1, "noisy2": noisy2}
-    missing = [n for n in need if given[n] is None]
-    if missing:
-        raise ValueError(
-            f"mode {mode!r} needs logits {', '.join(need)}; missing {', '.join(missing)}"
-        )
-    if mode == "ce_noisy":
-        nce = causal_ce(noisy1, labels)
-        return _terms(nce, noisy_ce=nce)
-    conv = FIXED
-    if faithful:
-        conv = V2_UNDETACHED if mode in ("kl_only", "consistency_only") else V2
-    if mode == "consistency_only":
-        cons = consistency_kl(noisy1, noisy2, labels, temperature=temperature, convention=conv)
-        return _terms(cons, consistency=cons)
-    if mode == "kl_only":
-        soft = soft_target_kl(clean, [noisy1], labels, temperature=temperature, convention=conv)
-        return _terms(soft, soft=soft)
-    if mode == "ce_kl":
-        ce = causal_ce(clean, labels) if ce is None else ce
-        soft = soft_target_kl(clean, [noisy1], labels, temperature=temperature, convention=conv)
-        return _terms(alpha * ce + (1.0 - alpha) * soft, ce=ce, soft=soft)
-    return hybrid_loss(
-        ce,
-        clean,
-        noisy1,
-        noisy2,
-        labels,
-        alpha=alpha,
-        lam=lam,
-        temperature=temperature,
-        convention=conv,
-        second_student=second_student,
-    )
 
 
 def symmetric_kl(

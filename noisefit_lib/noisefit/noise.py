@@ -3,7 +3,9 @@
 Everything here is a function of its arguments: randomness comes from an explicit
 `torch.Generator` (or a pre-drawn `noise` tensor), never from hidden state.
 
-Explained in: book/noisefit_library.md. Spec: shared/papers/noisefit-spec.md, sections 1.1 and 3.
+Explained in: notebooks/part1_noisefit/03_adaptive_noise.py and book/noisefit_library.md
+(Adaptive noise). Source: Khadangi et al. 2025, arXiv:2504.03302 (the adaptive noise); the
+official code, github.com/akhadangi/NoiseFiT (``NoiseFiT_v1_manual_snr.py``, ``NoiseFiT.py``).
 """
 
 from __future__ import annotations

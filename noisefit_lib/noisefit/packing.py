@@ -6,7 +6,8 @@ three, noise going only to rows ``B:``. With :func:`shared_prefix`, the blocks b
 noisy layer run once on B rows and the batch is tripled only at that layer: those blocks are
 identical in all three copies, so this changes no value, only the cost.
 
-Explained in: book/noisefit_library.md (Cost).
+Explained in: book/noisefit_library.md (Cost); the cost it saves is measured in
+notebooks/part1_noisefit/05_noisefit_end_to_end.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """A ``transformers.Trainer`` that trains with NoiseFiT, its ablations, NEFTune, R-Drop or SFT.
 
-Explained in: book/noisefit_library.md (Trainer).
+Its settings, :class:`~noisefit_lib.noisefit.config.NoiseFiTConfig`, live in
+:mod:`noisefit_lib.noisefit.config` (importable without ``transformers``); this module exposes
+them too, so ``from noisefit_lib.noisefit.trainer import NoiseFiTConfig, NoiseFiTTrainer`` works.
+
+Explained in: notebooks/part1_noisefit/06_noisefit_on_your_model.py and book/noisefit_library.md
+(The Trainer).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,109 +25,19 @@ from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from noisefit_lib.noisefit import ablations
 from noisefit_lib.noisefit import losses as L
+from noisefit_lib.noisefit.config import NoiseFiTConfig
 from noisefit_lib.noisefit.inject import (
     NEFTuneInjector,
     NoiseInjector,
     find_decoder_layers,
     set_dropout,
 )
-from noisefit_lib.noisefit.layers import METHODS as SELECTIONS
-from noisefit_lib.noisefit.layers import SNR_FORMATS, LayerChoice, choose_layers
-from noisefit_lib.noisefit.noise import REFERENCES, AdaptiveNoise
+from noisefit_lib.noisefit.layers import LayerChoice, choose_layers
 from noisefit_lib.noisefit.packing import repeat_batch, shared_prefix
 
-METHODS: tuple[str, ...] = ("sft", "noisefit", "neftune", "rdrop", *L.ABLATION_MODES[:-1])
-"""``noisefit`` is v1's hybrid loss (v2's ``full``); the others are baselines and ablations."""
 STATE_FILE = "noisefit.json"
-
-
-@dataclass
-class NoiseFiTConfig:
-    """Settings of :class:`NoiseFiTTrainer` (defaults follow the official v1 CLI).
-
-    Attributes:
-        method: one of :data:`METHODS`.
-        faithful: reproduce the official code (v1 for ``noisefit``, v2 for the ablations):
-            undetached teacher, T on the teacher only, unshifted masks, sigma applied twice,
-            padding in the statistics, three sequential passes with gradient.
-        noise_std: sigma.
-        noise_reference: ``"mad"`` (default), ``"global_std"`` or ``"v1"``; see
-            :func:`~noisefit_lib.noisefit.noise.base_std_for`. Faithful forces ``"v1"``.
-        layer_selection: one of ``layers.METHODS``.
-        snr_format: ``"Largest"`` or ``"Lowest"``.
-        num_noise_layers: k.
-        layers: explicit layer indices (skips selection).
-        hybrid_loss_alpha: alpha.
-        lambda_consistency: lambda.
-        temperature: T.
-        neftune_alpha: NEFTune alpha.
-        neftune_per_sequence_length: NEFTune scale by unpadded length (default) or padded.
-        rdrop_alpha: R-Drop KL weight.
-        rdrop_dropout: dropout set on attention and ``nn.Dropout`` modules during R-Drop.
-        pack: run the passes of one gradient group as one stacked batch (default mode only);
-            ``None`` (default): on CUDA yes, on CPU no (compute-bound: stacking gains nothing).
-        share_prefix: with stacked passes, run the blocks below the first noisy layer once.
-        noisy2_grad: let the soft term's gradient flow through the second noisy pass too
-            (v2's exact objective, one more backward). Default False: that pass is forward-only,
-            which leaves the loss value and the expected gradient unchanged (the two noisy
-            passes are i.i.d.; see :func:`~noisefit_lib.noisefit.losses.hybrid_loss`).
-        calibration_batches: batches used by ``layer_selection="auto"``.
-        seed: noise seed (``args.seed`` when None); noise is reseeded every step, so a
-            resumed run draws the same noise as an uninterrupted one.
-    """
-
-    method: str = "noisefit"
-    faithful: bool = False
-    noise_std: float = 0.1
-    noise_reference: str = "mad"
-    layer_selection: str = "snr"
-    snr_format: str = "Largest"
-    num_noise_layers: int = 3
-    layers: list[int] | None = None
-    hybrid_loss_alpha: float = 0.5
-    lambda_consistency: float = 0.1
-    temperature: float = 1.0
-    neftune_alpha: float = 5.0
-    neftune_per_sequence_length: bool = True
-    rdrop_alpha: float = 1.0
-    rdrop_dropout: float = 0.05
-    pack: bool | None = None
-    noisy2_grad: bool = False
-    share_prefix: bool = False
-    calibration_batches: int = 2
-    seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("method", self.method, METHODS),
-            ("layer_selection", self.layer_selection, SELECTIONS),
-            ("snr_format", self.snr_format, SNR_FORMATS),
-            ("noise_reference", self.noise_reference, REFERENCES),
-        ]
-        for name, value, valid in checks:
-            if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; choose {', '.join(valid)}")
-        if self.num_noise_layers < 1:
-            raise ValueError(f"num_noise_layers must be >= 1, got {self.num_noise_layers}")
-        if not 0.0 <= self.hybrid_loss_alpha <= 1.0:
-            raise ValueError(f"hybrid_loss_alpha must be in [0, 1], got {self.hybrid_loss_alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-    @property
-    def uses_layer_noise(self) -> bool:
-        """Whether the method perturbs decoder layers."""
-        return self.method not in ("sft", "neftune", "rdrop")
-
-    def noise_fn(self, sigmas: dict[int, float] | None = None) -> AdaptiveNoise:
-        """The :class:`AdaptiveNoise` this config implies (faithful: v1's training hook)."""
-        if self.faithful and self.method == "noisefit":
-            return AdaptiveNoise.faithful_v1(self.noise_std)
-        if self.faithful:  # v2 ablations: base_std = sigma per layer, detached, padding included
-            return AdaptiveNoise(self.noise_std, "mad", dict(sigmas or {}), True, False)
-        return AdaptiveNoise(self.noise_std, self.noise_reference, dict(sigmas or {}))
 
 
 def _seed_of(*parts: int) -> int:
@@ -346,7 +261,7 @@ class NoiseFiTTrainer(Trainer):
         for with_grad in (True, False):  # one stacked forward per group
             kinds = [k for k in ("clean", "noisy1", "noisy2") if needs[k] and grad[k] == with_grad]
             z.update(self._run(model, x, kinds, with_grad))
-        terms = L.ablation_loss(
+        terms = ablations.ablation_loss(
             mode, labels, **{k: z.get(k) for k in needs}, second_student=cfg.noisy2_grad, **kw
         )
         return terms, z.get("clean", z["noisy1"])
@@ -383,7 +298,7 @@ class NoiseFiTTrainer(Trainer):
             n2 = model(**inputs).logits if m in ("full", "consistency_only") else None
         if m == "full":
             return L.hybrid_loss(ce, clean, n1, n2, labels, convention=L.V1, **kw), clean
-        terms = L.ablation_loss(
+        terms = ablations.ablation_loss(
             m, labels, ce=ce, clean=clean, noisy1=n1, noisy2=n2, faithful=True, **kw
         )
         return terms, n1

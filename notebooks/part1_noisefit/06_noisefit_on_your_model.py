@@ -39,8 +39,8 @@
 # Run time, measured as CPU time on the project's shared 2-core CPU: `smoke` about 20 s (half of
 # it importing `torch`, `transformers` and `peft`), `book` (the default) about 60 s once chapter 1
 # has cached the base model, a third of it in the two command-line processes, and about 45 s more
-# with an empty cache (pretraining the base model). `full` (not yet run) should take 3-4 minutes on one GPU, plus the `full`
-# base model's pretraining if chapter 1 has not cached it.
+# with an empty cache (pretraining the base model). `full` should take 3-4 minutes on one GPU,
+# plus the `full` base model's pretraining if chapter 1 has not cached it.
 
 # %% tags=["remove-cell"]
 # Colab or a bare Jupyter: install this book's own version of noisefit_lib; a no-op where it
@@ -84,6 +84,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
 with warnings.catch_warnings():  # tqdm's "IProgress not found" names a local path: not stored
@@ -92,7 +93,17 @@ with warnings.catch_warnings():  # tqdm's "IProgress not found" names a local pa
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-from noisefit_lib import facts, plotting, report, runtime, stats, tiny_lm
+from noisefit_lib import (
+    answers,
+    facts,
+    facts_llama,
+    plotting,
+    records,
+    report,
+    runtime,
+    stats,
+    verdicts,
+)
 from noisefit_lib.noisefit import calibrate, cli, data, inject, noise
 from noisefit_lib.noisefit import layers as nf_layers
 from noisefit_lib.noisefit.trainer import STATE_FILE, NoiseFiTConfig, NoiseFiTTrainer
@@ -171,8 +182,8 @@ print(cfg.summary())
 #
 # A real model would need a download and a GPU. So the chapter starts from Part I's base model,
 # saves it as an ordinary `save_pretrained` folder, and from then on treats it exactly like a hub
-# model: everything below loads it by name. Its facts are known ({ref}`ch-world-we-can-check`), so we can also
-# score what fine-tuning did to them, which a real model would not let us do.
+# model: everything below loads it by name. Its facts are known ({ref}`ch-world-we-can-check`),
+# so we can also score what fine-tuning did to them, which a real model would not let us do.
 
 # %% [markdown]
 # ## The math
@@ -208,7 +219,8 @@ print(cfg.summary())
 #
 # $$
 # \frac{\text{NoiseFiT step}}{\text{SFT step}} \;\ge\; \frac{7}{3} \approx 2.33 \quad
-# \text{(compute-bound)}, \qquad \frac{9}{3} = 3 \quad \text{(the official code: three passes with gradient)}.
+# \text{(compute-bound)}, \qquad \frac{9}{3} = 3 \quad
+# \text{(the official code: three passes with gradient)}.
 # $$ (eq-noisefit-on-your-model-cost)
 #
 # On a GPU that is not saturated by one pass the ratio can fall below this bound, because the
@@ -229,14 +241,14 @@ print(cfg.summary())
 #
 # ### Your checkpoint
 #
-# We save Part I's base model ({ref}`ch-world-we-can-check`) with `save_pretrained` into a folder under `runs/`.
-# That folder is now a checkpoint like any other: `MODEL` is its path.
+# We save Part I's base model ({ref}`ch-world-we-can-check`) with `save_pretrained` into a folder
+# under `runs/`. That folder is now a checkpoint like any other: `MODEL` is its path.
 
 # %% tags=["nbval-ignore-output", "remove-stderr"]
-world, base = tiny_lm.base_model(cfg.preset, seed=cfg.seed, device="cpu", progress=True)
+world, base = facts_llama.base_model(cfg.preset, seed=cfg.seed, device="cpu", progress=True)
 
 # %%
-RUN = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}"
+RUN = records.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}"
 shutil.rmtree(RUN, ignore_errors=True)  # a fresh folder: every checkpoint below is this run's
 base.model.save_pretrained(RUN / "checkpoint")
 base.tokenizer.save_pretrained(RUN / "checkpoint")
@@ -253,7 +265,7 @@ if tokenizer.pad_token is None:  # many hub tokenizers have none; the official c
     tokenizer.pad_token = tokenizer.eos_token
 print(
     type(model).__name__,
-    f"{tiny_lm.n_parameters(model):,} parameters,",
+    f"{facts_llama.n_parameters(model):,} parameters,",
     len(inject.find_decoder_layers(model)),
     "decoder blocks, vocabulary",
     len(tokenizer),
@@ -581,11 +593,11 @@ print(
 # ### Predicting
 #
 # After `train()` the hooks are gone and the model is an ordinary model: generate with it as
-# usual. For our world, `tiny_lm.evaluate` generates greedy answers and scores them; here are
+# usual. For our world, `answers.evaluate` generates greedy answers and scores them; here are
 # three questions about people whose facts the model saw only in pretraining:
 
 # %%
-ev = tiny_lm.evaluate(demo.model, tokenizer, world, world.split("test_known")[:3])
+ev = answers.evaluate(demo.model, tokenizer, world, world.split("test_known")[:3])
 for item, answer, outcome in zip(ev.items, ev.answers, ev.outcomes, strict=True):
     print(f"{item.prompt} {answer!r:14} truth {item.gold!r:14} {outcome}")
 
@@ -815,7 +827,7 @@ hooks = [
 ]
 assert not torch.allclose(clean, noisy) and torch.equal(clean, eval_logits)
 assert torch.equal(clean, after) and hooks == []
-prompt = torch.tensor(tiny_lm.prompt_ids(tokenizer, [test_items[0].prompt]), device=cfg.device)
+prompt = torch.tensor(answers.prompt_ids(tokenizer, [test_items[0].prompt]), device=cfg.device)
 greedy = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
 with inject.NoiseInjector(model, snr.layers, noise.AdaptiveNoise(10.0)) as inj, inj.active():
     inside = model.generate(prompt, **greedy)  # train mode, noise on, and a huge sigma
@@ -859,10 +871,10 @@ print("claim 3 and command-line checks passed")
 # Does NoiseFiT change what fine-tuning does to the model's knowledge? We fine-tune the whole
 # checkpoint (no LoRA: the model is tiny) on the noisy `sft` pairs with plain SFT and with NoiseFiT
 # at two noise levels: the library default $\sigma$ = {glue:text}`noise_std` and a larger
-# $\sigma$ = {glue:text}`big_noise_std` (otherwise the defaults: $\alpha = 0.5$, $\lambda = 0.1$, v1's
-# SNR choice of {glue:text}`k` block(s)). Every run starts from the same checkpoint, with the same
-# data order, learning rate and number of steps; each seed draws its own noisy labels. We then ask
-# three kinds of question:
+# $\sigma$ = {glue:text}`big_noise_std` (otherwise the defaults: $\alpha = 0.5$,
+# $\lambda = 0.1$, v1's SNR choice of {glue:text}`k` block(s)). Every run starts from the same
+# checkpoint, with the same data order, learning rate and number of steps; each seed draws its own
+# noisy labels. We then ask three kinds of question:
 #
 # - `sft`: the training questions, scored against the truth (a model that learned a wrong label
 #   gets that question "hallucinated");
@@ -889,7 +901,10 @@ print(
 
 # %%
 def fine_tune(label: str, run_seed: int) -> tuple[dict, list[dict], float]:
-    """Fine-tune a fresh copy as run `label` on this seed's noisy labels; return scores, logs, CPU s."""
+    """Fine-tune a fresh copy as run `label` on this seed's noisy labels.
+
+    Returns the outcome counts per split, the logged losses and the CPU seconds of `train()`.
+    """
     method, sigma = RUNS[label]
     items = world.sft_items(
         label_noise=cfg.label_noise, generator=runtime.numpy_stream(run_seed, "sft-labels")
@@ -911,7 +926,7 @@ def fine_tune(label: str, run_seed: int) -> tuple[dict, list[dict], float]:
     tr.train()
     cpu = time.process_time() - start
     counts = {
-        s: tiny_lm.evaluate(tr.model, tokenizer, world, world.split(s), batch_size=512).counts()
+        s: answers.evaluate(tr.model, tokenizer, world, world.split(s), batch_size=512).counts()
         for s in SPLITS
     }
     return counts, [h for h in tr.state.log_history if "loss" in h], cpu
@@ -923,7 +938,7 @@ def fine_tune(label: str, run_seed: int) -> tuple[dict, list[dict], float]:
 # %%
 runs = {(label, s): fine_tune(label, s) for s in seeds for label in RUNS}
 base_counts = {
-    s: tiny_lm.evaluate(
+    s: answers.evaluate(
         base.model.to(cfg.device), tokenizer, world, world.split(s), batch_size=512
     ).counts()
     for s in SPLITS
@@ -935,24 +950,40 @@ for (label, s), (counts, _, _) in runs.items():
         "(correct/hallucinated)",
     )
 
+# %% [markdown]
+# One row per (run, seed, split) with the rate of each outcome: the table the results file
+# stores and everything below is computed from. The base checkpoint is one fixed model, so it has
+# one row per split (seed `-1`).
+
+
 # %%
+def score_table(run_list: list[dict], base: dict | None = None) -> pd.DataFrame:
+    """Outcome rates per (label, seed, split) from the runs (and the base model's counts)."""
+    out = []
+    sources = [(r["label"], r["seed"], r["counts"]) for r in run_list]
+    if base is not None:
+        sources.insert(0, ("base", -1, base))
+    for label, seed_, counts in sources:
+        for split, c in counts.items():
+            n = sum(c.values())
+            out.append({"label": label, "seed": seed_, "split": split, "answers": n,
+                        **{k: c[k] / n for k in facts.OUTCOMES}})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+run_list = [
+    {"label": label, "method": RUNS[label][0], "noise_std": RUNS[label][1], "seed": s,
+     "counts": c, "log_history": logs, "train_cpu_seconds": cpu}
+    for (label, s), (c, logs, cpu) in runs.items()
+]  # fmt: skip
+scores = score_table(run_list, base_counts)
 results = {
     "seeds": seeds,
     "runs_config": {k: list(v) for k, v in RUNS.items()},
     "splits": list(SPLITS),
     "base_counts": base_counts,
-    "runs": [
-        {
-            "label": label,
-            "method": RUNS[label][0],
-            "noise_std": RUNS[label][1],
-            "seed": s,
-            "counts": c,
-            "log_history": logs,
-            "train_cpu_seconds": cpu,
-        }
-        for (label, s), (c, logs, cpu) in runs.items()
-    ],
+    "runs": run_list,
+    "scores": scores,
     "cli": {
         "steps": summary["steps"],
         "layers": summary["layers"],
@@ -967,54 +998,33 @@ results = {
 }
 
 # %% tags=["nbval-ignore-output"]
-results_path = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json"
-runtime.write_results(results_path, results, cfg)
-print("results written to", results_path.relative_to(results_path.parents[1]))
+records.save(cfg, results)
 
 # %% [markdown]
 # ## Results
 #
-# Outcome rates per split, with 95 % Wilson intervals over the items of all seeds pooled (with
-# {glue:text}`n_seeds_text` seed(s) an interval over seeds would say little; the paired
-# differences below use the seeds):
-
+# Outcome rates per split: the mean over the {glue:text}`n_seeds_text` training seeds with its
+# 95 % $t$-interval over the seeds (the book's unit of replication, {doc}`/book/contributing`;
+# `n/a` with a single seed). The base checkpoint is one fixed model, so it has a rate and no
+# interval:
 
 # %%
-def rate_row(label: str, counts_per_seed: list[dict], split: str) -> dict:
-    """Pooled outcome rates of one run on one split, with Wilson intervals."""
-    n = sum(sum(c[split].values()) for c in counts_per_seed)
-    row = {"model": label, "split": split, "answers": n}
-    for k in facts.OUTCOMES:
-        hits = sum(c[split][k] for c in counts_per_seed)
-        lo, hi = facts.wilson_interval(hits, n)
-        row[k], row[f"{k} lo"], row[f"{k} hi"] = hits / n, lo, hi
-    return row
-
-
-per_run = {"base": [base_counts]} | {label: [runs[(label, s)][0] for s in seeds] for label in RUNS}
-rows = [rate_row(label, counts, split) for split in SPLITS for label, counts in per_run.items()]
-report.show_table(
-    [
-        {
-            k: (
-                f"{r[k]:.3f} [{r[k + ' lo']:.3f}, {r[k + ' hi']:.3f}]"
-                if k in ("correct", "hallucinated")
-                else r[k]
-            )
-            for k in ("model", "split", "answers", *facts.OUTCOMES)
-        }
-        for r in rows
-    ]
+long = scores.melt(
+    id_vars=["label", "seed", "split"], value_vars=list(facts.OUTCOMES), var_name="outcome"
 )
-_ = report.glue("n_seeds_text", str(len(seeds)))
+rates = stats.summarise(long, "value", by=["split", "label", "outcome"])
+rates["text"] = [stats.estimate_of(r).text() for _, r in rates.iterrows()]
+means = rates.pivot(index=["split", "label"], columns="outcome", values="mean")[
+    list(facts.OUTCOMES)
+]
+texts = rates.pivot(index=["split", "label"], columns="outcome", values="text")
+shown = means.join(texts[["correct", "hallucinated"]].add_suffix(" [95 %, seeds]"))
+order = pd.MultiIndex.from_product([SPLITS, ["base", *RUNS]], names=["split", "label"])
+report.show_table(shown.reindex(order).reset_index(), digits=3)
 
-# %% mystnb={"figure": {"caption": "Left: the loss terms that NoiseFiTTrainer logs (nats per label token, log scale; mean over seeds, band: range over seeds): the CE of SFT and of NoiseFiT's clean pass, and NoiseFiT's two KL terms at both noise levels. Right: correct and hallucinated answers of the base checkpoint and each run per split, with 95 % Wilson intervals over the pooled items of all seeds. The CE curves of SFT and NoiseFiT overlap.", "name": "fig-noisefit-on-your-model-runs"}}
-STYLE = {
-    "base": plotting.style(6),
-    "sft": plotting.method_style("sft"),
-    "noisefit": plotting.method_style("noisefit"),
-    NF_BIG: plotting.style(3),
-}
+# %%
+STYLE = {"base": plotting.style(6), "sft": plotting.method_style("sft"),
+         "noisefit": plotting.method_style("noisefit"), NF_BIG: plotting.style(3)}  # fmt: skip
 fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.4]})
 curves = [
     ("sft", "nf_ce", "SFT: CE", "-"),
@@ -1033,23 +1043,21 @@ for label, term, text, ls in curves:
     ax_loss.fill_between(steps_x, y.min(0), y.max(0), color=STYLE[label]["color"], alpha=0.2)
 ax_loss.set(xlabel="optimiser step", ylabel="loss term (nats/token)", yscale="log")
 ax_loss.legend(fontsize=7, ncols=2)
-width = 0.8 / len(per_run)
-for j, label in enumerate(per_run):
-    sub = [r for r in rows if r["model"] == label]
+labels = ["base", *RUNS]
+width = 0.8 / len(labels)
+by_rate = rates.set_index(["label", "split", "outcome"])
+for j, label in enumerate(labels):
     for k, (kind, hatch) in enumerate((("correct", ""), ("hallucinated", "//"))):
-        pos = np.arange(len(SPLITS)) * 2 + k + (j - (len(per_run) - 1) / 2) * width
-        yerr = [[r[kind] - r[f"{kind} lo"] for r in sub], [r[f"{kind} hi"] - r[kind] for r in sub]]
-        ax_out.bar(
-            pos,
-            [r[kind] for r in sub],
-            width,
-            yerr=yerr,
-            capsize=2,
-            hatch=hatch,
-            color=STYLE[label]["color"],
-            edgecolor="white",
-            label=label if k == 0 else None,
-        )
+        pos = np.arange(len(SPLITS)) * 2 + k + (j - (len(labels) - 1) / 2) * width
+        est = [stats.estimate_of(by_rate.loc[(label, split, kind)]) for split in SPLITS]
+        yerr = [[e.mean - e.low for e in est], [e.high - e.mean for e in est]]
+        ax_out.bar(pos, [e.mean for e in est], width, hatch=hatch, color=STYLE[label]["color"],
+                   yerr=yerr if est[0].n >= 3 else None, capsize=2, edgecolor="white",
+                   label=label if k == 0 else None)  # fmt: skip
+        if label != "base":  # the single seeds
+            for p, split in zip(pos, SPLITS, strict=True):
+                sel = (scores["label"] == label) & (scores["split"] == split)
+                ax_out.plot([p] * int(sel.sum()), scores.loc[sel, kind], "k.", markersize=3)
 ax_out.set_xticks(
     [2 * i + 0.5 for i in range(len(SPLITS))],
     [f"{s}\ncorrect | halluc. (//)" for s in SPLITS],
@@ -1057,91 +1065,91 @@ ax_out.set_xticks(
 )
 ax_out.set(ylabel="fraction of answers", ylim=(0, 1.25))
 ax_out.legend(ncols=4, fontsize=8, loc="upper center")
-plt.show()
+report.glue_figure("fig-noisefit-on-your-model-runs", fig)
 
 # %% [markdown]
+# ```{glue:figure} fig-noisefit-on-your-model-runs
+# :name: fig-noisefit-on-your-model-runs
+#
+# Left: the loss terms that NoiseFiTTrainer logs (nats per label token, log scale; mean over
+# seeds, band: range over seeds): the CE of SFT and of NoiseFiT's clean pass, and NoiseFiT's two
+# KL terms at both noise levels. Right: correct and hallucinated answers of the base checkpoint
+# and each run per split, the mean over seeds (bars) and the single seeds (dots); error bars are
+# 95 % $t$-intervals over seeds, drawn with at least three seeds (the `full` preset). The CE
+# curves of SFT and NoiseFiT overlap.
+# ```
+#
 # The differences that matter, each NoiseFiT run minus SFT, paired by seed (same labels, same
 # data order), with a 95 % $t$-interval over the seeds:
 
-
 # %%
-def rate(counts: dict, split: str, kind: str) -> float:
-    """The fraction of answers of one kind on one split."""
-    return counts[split][kind] / sum(counts[split].values())
-
-
-diff_rows = []
-for label in ("noisefit", NF_BIG):
-    for split in SPLITS:
-        for kind in ("correct", "hallucinated"):
-            a = [rate(runs[(label, s)][0], split, kind) for s in seeds]
-            b = [rate(runs[("sft", s)][0], split, kind) for s in seeds]
-            mean, half = stats.paired_ci(a, b)
-            diff_rows.append(
-                {
-                    "run": label,
-                    "split": split,
-                    "rate": kind,
-                    "run - SFT": mean,
-                    "± (95 %, seeds)": half if len(seeds) > 1 else "-",
-                }
-            )
-report.show_table(diff_rows, digits=3)
-diff = {(r["run"], r["split"], r["rate"]): r for r in diff_rows}
+runs_only = long[long["label"] != "base"]
+effects = stats.paired_effects(runs_only, "value", "sft", method="label", by=["split", "outcome"])
+effects = effects[effects["outcome"].isin(["correct", "hallucinated"])].copy()
+effects["NoiseFiT - SFT [95 %, seeds]"] = [
+    stats.estimate_of(r).text() for _, r in effects.iterrows()
+]
+report.show_table(effects[["label", "split", "outcome", "NoiseFiT - SFT [95 %, seeds]"]])
 
 # %% [markdown]
-# A verdict needs a rule. "Reproduced" means the interval over seeds excludes zero in NoiseFiT's
-# favour and "contradicted" that it excludes zero against it; otherwise a difference of at least
-# 2 percentage points in the claimed direction is "direction only", and anything smaller "not at
-# this scale":
-
+# **The claims as tests.** The paper's claim is that NoiseFiT beats SFT on held-out facts; we
+# judge it with the book's one rule ({doc}`/book/contributing`): `reproduced` when the 95 %
+# interval over seeds excludes zero in NoiseFiT's favour, `contradicted` when it excludes zero
+# against it, `no detectable effect` when it includes zero and lies within ±0.02, and
+# `inconclusive` otherwise. The smallest effect of interest, **0.02** (two percentage points of a
+# split), is a quarter of the +7.7 points of accuracy the project page reports for NoiseFiT, and
+# about the smallest change a user comparing two models on a few hundred questions would notice.
+# The same function judges the `book` run and a committed `full` run.
 
 # %%
-def verdict(mean: float, half: float | str, lower_is_better: bool) -> str:
-    """The verdict word for a NoiseFiT - SFT difference (see the rule above)."""
-    half = half if isinstance(half, float) and np.isfinite(half) else np.inf
-    gain = -mean if lower_is_better else mean
-    if abs(mean) > half:
-        return "reproduced" if gain > 0 else "contradicted"
-    return "direction only" if gain >= 0.02 else "not at this scale"
+SESOI = 0.02  # a fraction of a split; justified in the text
 
 
-def glue_diff(key: str, label: str, split: str, kind: str) -> str:
-    """Glue one paired difference as text ("+0.012 ± 0.034") and return its verdict."""
-    r = diff[(label, split, kind)]
-    half = r["± (95 %, seeds)"]
-    text = f"{r['run - SFT']:+.3f}" + (
-        f" ± {half:.3f}" if isinstance(half, float) else " (one seed)"
-    )
-    report.glue(key, text)
-    return verdict(r["run - SFT"], half, lower_is_better=kind == "hallucinated")
+def claims(table: pd.DataFrame) -> pd.DataFrame:
+    """Estimate and verdict of each claim from a (label, seed, split) table of rates."""
+    tests = {  # claim: (run, split, outcome, expected sign); effect = run - SFT
+        "known": ("noisefit", "test_known", "correct", "increase"),
+        "unknown": ("noisefit", "test_unknown", "hallucinated", "decrease"),
+        "known_big": (NF_BIG, "test_known", "correct", "increase"),
+        "hall_known": ("noisefit", "test_known", "hallucinated", "decrease"),
+        "acc_sft": ("noisefit", "sft", "correct", "increase"),
+        "hall_known_big": (NF_BIG, "test_known", "hallucinated", "decrease"),
+        "hall_unknown_big": (NF_BIG, "test_unknown", "hallucinated", "decrease"),
+    }
+    out = []
+    for claim, (label, split, outcome, expected) in tests.items():
+        sub = table[(table["split"] == split) & (table["label"] != "base")]
+        wide = sub.pivot(index="seed", columns="label", values=outcome)
+        est = stats.paired_difference(wide[label], wide["sft"])
+        verdict = verdicts.judge(est, expected=expected, sesoi=SESOI)
+        out.append({"claim": claim, **est.as_dict(), "text": est.text(), "verdict": verdict})
+    return pd.DataFrame(out).set_index("claim")
 
 
-# the paper counts every answer its judge calls incorrect as a hallucination: its measure is accuracy
-verdict_known = report.glue(
-    "verdict_known", glue_diff("d_acc_known", "noisefit", "test_known", "correct")
+book_claims = claims(scores)
+report.show_table(book_claims.reset_index()[["claim", "text", "verdict"]])
+mean_rate = rates.set_index(["label", "split", "outcome"])["mean"]
+last = [runs[("noisefit", s)][1][-1] for s in seeds]
+recipe_ok = bool(
+    torch.allclose(z_trained, z_reloaded, atol=1e-5)
+    and torch.allclose(z_trained, z_merged, atol=1e-4)
 )
-verdict_unknown = report.glue(
-    "verdict_unknown", glue_diff("d_hall_unknown", "noisefit", "test_unknown", "hallucinated")
-)
-_ = glue_diff("d_hall_known", "noisefit", "test_known", "hallucinated")
-_ = glue_diff("d_acc_sft", "noisefit", "sft", "correct")
-_ = report.glue("verdict_known_big", glue_diff("d_acc_known_big", NF_BIG, "test_known", "correct"))
-_ = glue_diff("d_hall_known_big", NF_BIG, "test_known", "hallucinated")
-_ = glue_diff("d_hall_unknown_big", NF_BIG, "test_unknown", "hallucinated")
-by_model = {(r["model"], r["split"]): r for r in rows}
-for key, (label, split, kind) in {
-    "base_acc_known": ("base", "test_known", "correct"),
-    "sft_acc_known": ("sft", "test_known", "correct"),
-    "base_acc_sft": ("base", "sft", "correct"),
-    "sft_acc_sft": ("sft", "sft", "correct"),
-    "big_malformed_unknown": (NF_BIG, "test_unknown", "malformed"),
-}.items():
-    _ = report.glue(key, by_model[(label, split)][kind], 3)
-ratio_terms = np.mean(
-    [runs[("noisefit", s)][1][-1]["nf_soft"] / runs[("noisefit", s)][1][-1]["nf_ce"] for s in seeds]
-)
-_ = report.glue("soft_over_ce", ratio_terms, 2)
+report.glue_all({
+    **{f"d_{k}": book_claims.loc[c, "text"] for k, c in (
+        ("acc_known", "known"), ("hall_unknown", "unknown"), ("acc_known_big", "known_big"),
+        ("hall_known", "hall_known"), ("acc_sft", "acc_sft"), ("hall_known_big", "hall_known_big"),
+        ("hall_unknown_big", "hall_unknown_big"))},
+    "base_acc_known": mean_rate[("base", "test_known", "correct")],
+    "sft_acc_known": mean_rate[("sft", "test_known", "correct")],
+    "base_acc_sft": mean_rate[("base", "sft", "correct")],
+    "sft_acc_sft": mean_rate[("sft", "sft", "correct")],
+    "big_malformed_unknown": mean_rate[(NF_BIG, "test_unknown", "malformed")],
+    "soft_over_ce": float(np.mean([h["nf_soft"] / h["nf_ce"] for h in last])),
+    "book_verdict_known": book_claims.loc["known", "verdict"],
+    "book_verdict_known_big": book_claims.loc["known_big", "verdict"],
+    "verdict_recipe": verdicts.check(recipe_ok),
+    "verdict_cost": verdicts.not_tested("the paper reports no cost"),
+}, digits=3)  # fmt: skip
 
 # %% [markdown]
 # Fine-tuning did what it was asked on the training questions: right answers on `sft` went from
@@ -1155,18 +1163,17 @@ _ = report.glue("soft_over_ce", ratio_terms, 2)
 # NoiseFiT at the default $\sigma$ moved the `test_known` accuracy by {glue:text}`d_acc_known`
 # and its hallucination rate by {glue:text}`d_hall_known` (minus SFT, 95 % interval over seeds).
 # The paper counts every answer its judge finds incorrect as a hallucination, so its measure is
-# the accuracy: *{glue:text}`verdict_known`*. The left panel shows why so little happens: at this
-# $\sigma$ the soft KL term is {glue:text}`soft_over_ce` times the CE at the end of training, so
-# NoiseFiT's gradient is essentially half of SFT's. At $\sigma$ = {glue:text}`big_noise_std` the
-# KL terms are about a hundred times larger, as large as the CE by the end of training; the
-# `test_known` accuracy moved by {glue:text}`d_acc_known_big` (*{glue:text}`verdict_known_big`*)
-# and our narrower hallucination rate (a wrong value of the right type) by
-# {glue:text}`d_hall_known_big`. About
-# people the model never saw, the default run changed the hallucination rate by
-# {glue:text}`d_hall_unknown` and the large-$\sigma$ run by {glue:text}`d_hall_unknown_big`, with
-# a malformed-answer rate of {glue:text}`big_malformed_unknown`: noise can make the model less
-# sure of the answer format, not more willing to say `unknown`, which nothing in the training
-# data teaches.
+# the accuracy: *{glue:text}`book_verdict_known`*. The left panel shows why so little happens: at
+# this $\sigma$ the soft KL term is {glue:text}`soft_over_ce` times the CE at the end of
+# training, so NoiseFiT's gradient is essentially half of SFT's. At $\sigma$ =
+# {glue:text}`big_noise_std` the KL terms are far larger, about as large as the CE by the end of
+# training; the `test_known` accuracy moved by {glue:text}`d_acc_known_big`
+# (*{glue:text}`book_verdict_known_big`*) and our narrower hallucination rate (a wrong value of
+# the right type) by {glue:text}`d_hall_known_big`. About people the model never saw, the default
+# run changed the hallucination rate by {glue:text}`d_hall_unknown` and the large-$\sigma$ run by
+# {glue:text}`d_hall_unknown_big`, with a malformed-answer rate of
+# {glue:text}`big_malformed_unknown`: noise can make the model less sure of the answer format,
+# not more willing to say `unknown`, which nothing in the training data teaches.
 
 # %% [markdown]
 # ### Cost per step
@@ -1176,9 +1183,12 @@ _ = report.glue("soft_over_ce", ratio_terms, 2)
 
 # %% tags=["nbval-ignore-output"]
 cpu = {label: np.mean([runs[(label, s)][2] for s in seeds]) for label in RUNS}
-cpu_ratio = report.glue("cpu_ratio", cpu["noisefit"] / cpu["sft"], 2)
-print(f"NoiseFiT / SFT CPU time per run: {cpu_ratio}x ({cfg.steps} steps, {len(seeds)} seed(s))")
-_ = report.glue("cpu_ratio_big", cpu[NF_BIG] / cpu["sft"], 2)
+glued = report.glue_all(
+    {"cpu_ratio": cpu["noisefit"] / cpu["sft"], "cpu_ratio_big": cpu[NF_BIG] / cpu["sft"]},
+    digits=2,
+)
+print(f"NoiseFiT / SFT CPU time per run: {glued['cpu_ratio']}x ({cfg.steps} steps, "
+      f"{len(seeds)} seed(s))")  # fmt: skip
 
 # %% [markdown]
 # The library's benchmark (`tools/bench_noisefit.py`, see {doc}`/book/noisefit_library`) timed one
@@ -1186,29 +1196,25 @@ _ = report.glue("cpu_ratio_big", cpu[NF_BIG] / cpu["sft"], 2)
 # committed with the book:
 
 # %%
-BENCH = runtime.runs_dir().parent / "tools" / "results" / "bench_noisefit_h200.json"  # in a clone
+BENCH = records.runs_dir().parent / "tools" / "results" / "bench_noisefit_h200.json"  # in a clone
 if BENCH.is_file():
     bench = json.loads(BENCH.read_text())
-    report.show_table(
-        [
-            {
-                "benchmark row": name,
-                "noisy blocks": ",".join(map(str, m["layers"])) or "-",
-                "median ms / step": m["median_ms"],
-                "x SFT": m["ratio_vs_sft"],
-            }
-            for name, m in bench["methods"].items()
-        ],
-        digits=3,
-    )
-    gpu = {name: report.sig(m["ratio_vs_sft"], 3) for name, m in bench["methods"].items()}
+    bench_rows = pd.DataFrame(
+        {"benchmark row": name, "noisy blocks": ",".join(map(str, m["layers"])) or "-",
+         "median ms / step": m["median_ms"], "x SFT": m["ratio_vs_sft"]}
+        for name, m in bench["methods"].items()
+    )  # fmt: skip
+    report.show_table(bench_rows, digits=3)
+    gpu = bench_rows.set_index("benchmark row")["x SFT"]
+    gpu_default, gpu_faithful = gpu["noisefit"], gpu["noisefit_faithful_v1"]
     gpu_name = bench["device_name"]
 else:  # outside a clone of the book's repository (Colab): the file is not there
     print("tools/results/bench_noisefit_h200.json not found; see the library page for the table")
-    gpu, gpu_name = {"noisefit": "(not available)", "noisefit_faithful_v1": "(not available)"}, "-"
-_ = report.glue("gpu_default", gpu["noisefit"])
-_ = report.glue("gpu_faithful", gpu["noisefit_faithful_v1"])
-_ = report.glue("gpu_name", gpu_name)
+    gpu_default = gpu_faithful = "(not available)"
+    gpu_name = "-"
+report.glue_all(
+    {"gpu_default": gpu_default, "gpu_faithful": gpu_faithful, "gpu_name": gpu_name}, digits=3
+)
 
 # %% [markdown]
 # On the GPU the default NoiseFiT step costs {glue:text}`gpu_default` SFT steps, below the
@@ -1224,18 +1230,20 @@ _ = report.glue("gpu_name", gpu_name)
 # %% [markdown]
 # ## What the paper reports vs what we measured
 #
-# | claim | paper {cite:p}`khadangi2025noise` | ours, `book` | ours, `full` | verdict (`book`) |
+# | claim | paper {cite:p}`khadangi2025noise` | ours, `book` | ours, `full` | verdict |
 # |---|---|---|---|---|
-# | NoiseFiT hallucinates less than standard fine-tuning on held-out facts (the paper: fewer answers judged incorrect) | "significantly reduces hallucination rates" (abstract); numbers not verified | `test_known` accuracy, NoiseFiT − SFT: {glue:text}`d_acc_known` ($\sigma$ = {glue:text}`noise_std`), {glue:text}`d_acc_known_big` ($\sigma$ = {glue:text}`big_noise_std`) | {glue:text}`full_d_acc_known` ($\sigma$ = {glue:text}`noise_std`) | {glue:text}`verdict_known` |
+# | NoiseFiT hallucinates less than standard fine-tuning on held-out facts (the paper: fewer answers judged incorrect) | "significantly reduces hallucination rates" (abstract); numbers not verified | `test_known` accuracy, NoiseFiT − SFT: {glue:text}`d_acc_known` ($\sigma$ = {glue:text}`noise_std`), {glue:text}`d_acc_known_big` ($\sigma$ = {glue:text}`big_noise_std`, {glue:text}`book_verdict_known_big`) | {glue:text}`full_d_acc_known` ($\sigma$ = {glue:text}`noise_std`) | {glue:text}`verdict_known` |
 # | ... and hallucinates less about people it cannot know | not reported in what we could read | `test_unknown` hallucination, NoiseFiT − SFT: {glue:text}`d_hall_unknown` | {glue:text}`full_d_hall_unknown` | {glue:text}`verdict_unknown` |
-# | cost of a step | not reported in what we could read; the official code runs three passes with gradient | {glue:text}`gpu_faithful` x SFT for the official code's passes, {glue:text}`gpu_default` x for the library default ({glue:text}`gpu_name`) | same file | not tested |
-# | applies to any causal LM, with LoRA | models of five families, LoRA (official code) | the same code path on a saved checkpoint; LoRA adapter saved and reloaded | 34M-parameter checkpoint | not at this scale |
+# | cost of a step | not reported in what we could read; the official code runs three passes with gradient | {glue:text}`gpu_faithful` x SFT for the official code's passes, {glue:text}`gpu_default` x for the library default ({glue:text}`gpu_name`) | same file | {glue:text}`verdict_cost` |
+# | the recipe applies to a causal LM loaded with `from_pretrained`, with LoRA | models of five families, LoRA (official code) | the same code path on a saved checkpoint; the LoRA adapter, saved and reloaded, gives the trained logits | 34M-parameter checkpoint | {glue:text}`verdict_recipe` |
 #
-# The verdicts are computed from the paired differences at the default $\sigma$, with the rule of
-# the Results section. Our world is tiny and our checkpoint has
-# {glue:text}`n_blocks` decoder blocks, so this is a check of the recipe on a model we can
-# score exactly, not of the paper's numbers; Part I's end-to-end chapter runs the full
-# comparison with its baselines.
+# The first two verdicts are computed from the paired differences at the default $\sigma$, with
+# the rule and the smallest effect of interest (0.02) of the Results section; the `full` run takes
+# over where one is committed. The last row is an exact check (`holds` or `fails`) of the code
+# path, not of the paper's claim for five model families. Our world is tiny and our checkpoint
+# has {glue:text}`n_blocks` decoder blocks, so this is a check of the recipe on a model we can
+# score exactly, not of the paper's numbers; Part I's end-to-end chapter runs the full comparison
+# with its baselines.
 
 # %% [markdown]
 # (noisefit-on-your-model-full-scale)=
@@ -1243,39 +1251,24 @@ _ = report.glue("gpu_name", gpu_name)
 #
 # The `full` preset runs the same notebook on one GPU with the `full` base model of chapter 1 (a
 # 34M-parameter Llama with 8 blocks on a 5,000-person world), three noisy blocks, 400 steps of
-# 32 pairs and three seeds, and the two-process `accelerate launch` on the CPU. Its results file,
-# once run, is committed next to this chapter (`results/noisefit_on_your_model_full.json`) and
-# shown here; this section never recomputes it.
+# 32 pairs and three seeds, and the two-process `accelerate launch` on the CPU. This section
+# never recomputes it: it reads the committed results file if there is one and judges it with
+# the same `claims` function. {glue:text}`full_status`
 
 # %%
-FULL_RESULTS = Path("results/noisefit_on_your_model_full.json")
-full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
-if full is None:
-    print("The full preset has not been run on a GPU yet: see 'Running the book' for the command.")
-    full_known, full_unknown = "not run yet", "not run yet"
-else:
-    fr = full["results"]
-    print(
-        f"{full['hardware'].get('gpu')}, torch {full['versions']['torch']}, commit "
-        f"{str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}, seeds {fr['seeds']}"
-    )
-    full_diff = {}
-    for split, kind in (("test_known", "correct"), ("test_unknown", "hallucinated")):
-        by = {
-            lab: [rate(r["counts"], split, kind) for r in fr["runs"] if r["label"] == lab]
-            for lab in ("noisefit", "sft")
-        }
-        mean, half = stats.paired_ci(by["noisefit"], by["sft"])
-        full_diff[split] = f"{mean:+.3f} ± {half:.3f}"
-    report.show_table(
-        [
-            {"split": k, "rate": kind, "NoiseFiT - SFT": v}
-            for (k, v), kind in zip(full_diff.items(), ("correct", "hallucinated"), strict=True)
-        ]
-    )
-    full_known, full_unknown = full_diff["test_known"], full_diff["test_unknown"]
-_ = report.glue("full_d_acc_known", full_known)
-_ = report.glue("full_d_hall_unknown", full_unknown)
+full = records.committed(cfg.chapter, "full")
+print(records.status(full, cfg.chapter, "full"))
+full_claims = None if full is None else claims(full.table("scores"))
+if full_claims is not None:
+    report.show_table(full_claims.reset_index()[["claim", "text", "verdict"]])
+final = book_claims if full_claims is None else full_claims  # the full run decides
+report.glue_all({
+    "full_status": records.status(full, cfg.chapter, "full"),
+    "full_d_acc_known": "not run" if full_claims is None else full_claims.loc["known", "text"],
+    "full_d_hall_unknown": "not run" if full_claims is None else full_claims.loc["unknown", "text"],
+    "verdict_known": final.loc["known", "verdict"],
+    "verdict_unknown": final.loc["unknown", "verdict"],
+})  # fmt: skip
 
 # %% [markdown]
 # ## Summary
@@ -1288,17 +1281,17 @@ _ = report.glue("full_d_hall_unknown", full_unknown)
 # - The command line does the same from a CSV file and fails with one readable line on bad input.
 # - On this checkpoint, NoiseFiT at the default $\sigma$ changed the accuracy on held-out facts by
 #   {glue:text}`d_acc_known` against SFT ({glue:text}`verdict_known`); a larger $\sigma$ gave
-#   {glue:text}`d_acc_known_big`. Fine-tuning itself, with either method, cost the model part of
-#   what it knew.
+#   {glue:text}`d_acc_known_big` ({glue:text}`book_verdict_known_big`). Fine-tuning itself, with
+#   either method, cost the model part of what it knew.
 # - A default NoiseFiT step costs {glue:text}`gpu_default` SFT steps on an H200, and about the
 #   compute-bound floor of 2.33 on a CPU.
 #
 # ## Exercises
 #
-# 1. *Run it on a real model:* on Colab with a GPU, set `MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"`,
-#    write a CSV of 50 questions and answers about your own domain, and run the command line with
-#    `--template chatml_v1 --max_steps 200`. Which blocks does `--layer_selection snr` pick, and
-#    which does `auto` pick?
+# 1. *Run it on a real model:* on Colab with a GPU, set
+#    `MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"`, write a CSV of 50 questions and answers
+#    about your own domain, and run the command line with `--template chatml_v1 --max_steps 200`.
+#    Which blocks does `--layer_selection snr` pick, and which does `auto` pick?
 # 2. *Run a regime:* repeat the experiment with `-p noise_std 1.0` and `-p noise_std 2.0`. When do
 #    the KL terms of the left panel reach the size of the CE, and what happens to `test_known`?
 # 3. *Why* does the resumed run end with the same weights as the uninterrupted one? What would

@@ -42,9 +42,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -56,24 +64,34 @@ restarts = None  # initialisations per fit, best likelihood kept (None: the pres
 # %%
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
-from noisefit_lib import plotting, report, runtime, stats
+from noisefit_lib import plotting, records, report, runtime, stats, verdicts
 
 PRESETS = {
-    "smoke": {"sizes": [200, 400], "n_seeds": 2, "restarts": 1, "max_iter": 60,
-              "init_scale": 0.3},
-    "book": {"sizes": [250, 500, 1000, 2000, 4000], "n_seeds": 5, "restarts": 2,
-             "max_iter": 400, "init_scale": 0.3},
-    "full": {"sizes": [500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000],
-             "n_seeds": 10, "restarts": 3, "max_iter": 1000, "init_scale": 0.3},
+    "smoke": {"sizes": [200, 400], "n_seeds": 2, "restarts": 1, "max_iter": 60, "init_scale": 0.3},
+    "book": {
+        "sizes": [250, 500, 1000, 2000, 4000],
+        "n_seeds": 5,
+        "restarts": 2,
+        "max_iter": 400,
+        "init_scale": 0.3,
+    },
+    "full": {
+        "sizes": [500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000],
+        "n_seeds": 10,
+        "restarts": 3,
+        "max_iter": 1000,
+        "init_scale": 0.3,
+    },
 }
-cfg = runtime.resolve("topk_moe_rates", PRESETS, preset, seed=seed, device=device,
-                      n_seeds=n_seeds, restarts=restarts)
+cfg = runtime.resolve(
+    "topk_moe_rates", PRESETS, preset, seed=seed, device=device, n_seeds=n_seeds, restarts=restarts
+)
 plotting.use_house_style()
 print(cfg.summary())
 DT = torch.float64  # likelihood optimisation to the last digits needs double precision
@@ -153,8 +171,8 @@ DT = torch.float64  # likelihood optimisation to the last digits needs double pr
 #
 # The paper's abstract {cite:p}`nguyen2024statistical` states the results in words, and this is
 # what we checked against the source. (We could not read the theorems' text and full list of
-# regularity assumptions; the exponents marked *not verified* below come from our research notes
-# and from the analogous theory of over-fitted Gaussian mixtures, not from the paper.)
+# regularity assumptions; the exponents marked *not verified* below come by analogy from the
+# theory of over-fitted Gaussian mixtures, not from the paper.)
 #
 # **Claim 1 (exact specification, $k = k_*$, $\bar K = K$):** density and parameter estimation
 # are both parametric: $h$ and the paper's Voronoi loss shrink like $\sqrt{\log n / n}$, a log-log
@@ -165,9 +183,9 @@ DT = torch.float64  # likelihood optimisation to the last digits needs double pr
 # learned at the parametric rate: slope $-1/2$ for $h$.
 #
 # **Claim 3 (over-specification):** the parameter rates become "substantially slow". For a cell
-# of two fitted experts, our notes give rates as slow as $n^{-1/(2\bar r)}$ with $\bar r(2) = 4$,
-# that is $n^{-1/8}$, for some parameters (*not verified*). We test only what we verified: the
-# split-cell parameter distance has a clearly shallower slope than in the exact fit.
+# of two fitted experts, the analogy gives rates as slow as $n^{-1/(2\bar r)}$ with
+# $\bar r(2) = 4$, that is $n^{-1/8}$, for some parameters (*not verified*). We test only what we
+# verified: the split-cell parameter distance has a clearly shallower slope than in the exact fit.
 #
 # In our simulation the truth has $k_* = 3$ experts and a top-$2$ gate; the over-specified fit
 # has $k = 4$ experts and a top-$3$ gate, which satisfies the condition of Claim 2 when one true
@@ -192,6 +210,7 @@ DT = torch.float64  # likelihood optimisation to the last digits needs double pr
 # {eq}`eq-topk-moe-rates-model`, in log space. Scores outside the top $K$ become $-\infty$ before
 # a log-softmax; their gradient is then exactly zero, as the model says:
 
+
 # %%
 def log_gate(x: torch.Tensor, p: dict, top_k: int) -> torch.Tensor:
     """log g_i(x) of the top-K sparse softmax gate; x (R, n), params (R, k) -> (R, n, k)."""
@@ -208,20 +227,29 @@ def log_density(x: torch.Tensor, y: torch.Tensor, p: dict, top_k: int) -> torch.
     return torch.logsumexp(log_gate(x, p, top_k) + log_normal, dim=-1)
 
 
-TRUTH = {"beta1": [-3.0, 0.0, 3.0], "beta0": [0.0, 1.0, 0.0], "a": [1.0, 0.0, -1.0],
-         "b": [1.0, 0.0, 1.0], "nu": [0.09, 0.04, 0.09]}
+TRUTH = {
+    "beta1": [-3.0, 0.0, 3.0],
+    "beta0": [0.0, 1.0, 0.0],
+    "a": [1.0, 0.0, -1.0],
+    "b": [1.0, 0.0, 1.0],
+    "nu": [0.09, 0.04, 0.09],
+}
 K_TRUE = 2
 
 
 def true_params(n_rep: int) -> dict:
     """The true parameters, repeated for n_rep replicates: tensors (n_rep, 3)."""
-    return {key: torch.tensor(val, dtype=DT, device=cfg.device).expand(n_rep, -1)
-            for key, val in TRUTH.items()}
+    return {
+        key: torch.tensor(val, dtype=DT, device=cfg.device).expand(n_rep, -1)
+        for key, val in TRUTH.items()
+    }
 
 
 x_demo = torch.tensor([[-0.9, -0.1, 0.1, 0.9]], dtype=DT, device=cfg.device)
-print("gate weights at x = -0.9, -0.1, 0.1, 0.9:\n",
-      np.round(log_gate(x_demo, true_params(1), K_TRUE).exp()[0].cpu().numpy(), 4))
+print(
+    "gate weights at x = -0.9, -0.1, 0.1, 0.9:\n",
+    np.round(log_gate(x_demo, true_params(1), K_TRUE).exp()[0].cpu().numpy(), 4),
+)
 
 # %% [markdown]
 # With scores $-3x$, $1$ and $3x$, expert 2 is always among the top two; expert 1 joins it for
@@ -232,6 +260,7 @@ print("gate weights at x = -0.9, -0.1, 0.1, 0.9:\n",
 #
 # Draw $x \sim U(-1, 1)$, an expert from the gate, then $y$ from that expert:
 
+
 # %%
 def sample(n: int, n_rep: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n_rep independent samples of size n from the true model: x, y of shape (n_rep, n)."""
@@ -240,7 +269,7 @@ def sample(n: int, n_rep: int, gen: torch.Generator) -> tuple[torch.Tensor, torc
     gate = log_gate(x, p, K_TRUE).exp()
     expert = torch.multinomial(gate.reshape(-1, 3).cpu(), 1, generator=gen).view(n_rep, n)
     expert = expert.to(cfg.device)
-    mean = (x * p["a"].gather(1, expert) + p["b"].gather(1, expert))
+    mean = x * p["a"].gather(1, expert) + p["b"].gather(1, expert)
     noise = torch.randn(n_rep, n, generator=gen, dtype=DT).to(cfg.device)
     return x, mean + p["nu"].gather(1, expert).sqrt() * noise
 
@@ -259,6 +288,7 @@ print("x =", np.round(x_demo[0].cpu().numpy(), 3), "\ny =", np.round(y_demo[0].c
 # half its gate mass each ($\beta_0 - \log 2$). Several restarts per dataset; the best
 # likelihood wins. Replicates are independent terms of one summed objective, so one L-BFGS run
 # fits all of them.
+
 
 # %%
 def initial_params(k: int, n_rep: int, gen: torch.Generator) -> dict:
@@ -282,13 +312,26 @@ def constrained(params: dict) -> dict:
     return out | {"nu": params["log_nu"].exp()}
 
 
-def fit_mle(x: torch.Tensor, y: torch.Tensor, k: int, top_k: int, gen: torch.Generator,
-            max_iter: int | None = None) -> tuple[dict, torch.Tensor]:
+def fit_mle(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    top_k: int,
+    gen: torch.Generator,
+    max_iter: int | None = None,
+) -> tuple[dict, torch.Tensor]:
     """Fit every replicate of (x, y) (R, n) by L-BFGS; return the fitted params and mean log-lik."""
     params = initial_params(k, x.shape[0], gen)
     max_iter = max_iter or cfg.max_iter
-    opt = torch.optim.LBFGS(list(params.values()), max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        list(params.values()),
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -302,8 +345,12 @@ def fit_mle(x: torch.Tensor, y: torch.Tensor, k: int, top_k: int, gen: torch.Gen
         return fitted, log_density(x, y, fitted, top_k).mean(dim=-1)
 
 
-demo_fit, demo_ll = fit_mle(*sample(2000, 1, runtime.stream(cfg.seed, "demo-fit")), 3, 2,
-                            runtime.stream(cfg.seed, "demo-init"))
+demo_fit, demo_ll = fit_mle(
+    *sample(2000, 1, runtime.stream(cfg.seed, "demo-fit")),
+    3,
+    2,
+    runtime.stream(cfg.seed, "demo-init"),
+)
 print({key: np.round(val[0].cpu().numpy(), 2).tolist() for key, val in demo_fit.items()})
 
 # %% [markdown]
@@ -330,7 +377,8 @@ def density_on_grid(p: dict, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     mean = (x[..., None] * p["a"][:, None] + p["b"][:, None])[:, :, None, :]  # (R, X, 1, k)
     nu = p["nu"][:, None, None, :]
     normal = torch.exp(-0.5 * (y[None, None, :, None] - mean) ** 2 / nu) / torch.sqrt(
-        2 * math.pi * nu)  # (R, X, Y, k)
+        2 * math.pi * nu
+    )  # (R, X, Y, k)
     return (gate[:, :, None, :] * normal).sum(dim=-1), gate
 
 
@@ -342,15 +390,18 @@ def hellinger(p: dict, top_k: int) -> torch.Tensor:
     return squared.mean(dim=-1).sqrt()
 
 
-print(f"h(truth, truth) = {hellinger(true_params(1), K_TRUE).item():.2e}, "
-      f"h(demo fit, truth) = {hellinger(demo_fit, 2).item():.4f}")
+print(
+    f"h(truth, truth) = {hellinger(true_params(1), K_TRUE).item():.2e}, "
+    f"h(demo fit, truth) = {hellinger(demo_fit, 2).item():.4f}"
+)
 
 # %% [markdown]
 # The matching distance {eq}`eq-topk-moe-rates-voronoi`, with its split-cell part:
 
+
 # %%
 def voronoi_distance(p: dict, top_k: int, split: int = 1) -> dict[str, torch.Tensor]:
-    """D of eq. (voronoi), its split-cell part (true expert `split`) and the cells, per replicate."""
+    """D of eq. (voronoi), its split-cell part (true expert `split`) and cells, per replicate."""
     theta = torch.stack([p["a"], p["b"], p["nu"]], dim=-1)  # (R, k, 3)
     theta_true = torch.stack([true_params(1)[key][0] for key in ("a", "b", "nu")], dim=-1)
     dist = (theta[:, :, None, :] - theta_true[None, None]).abs().sum(dim=-1)  # (R, k, k*)
@@ -360,11 +411,16 @@ def voronoi_distance(p: dict, top_k: int, split: int = 1) -> dict[str, torch.Ten
     one_hot = torch.nn.functional.one_hot(cell, theta_true.shape[0]).to(DT)  # (R, k, k*)
     mass_error = (torch.einsum("rk,rkj->rj", weight, one_hot) - weight_true).abs().sum(dim=-1)
     weighted = weight * dist.gather(-1, cell[..., None])[..., 0]  # (R, k)
-    return {"D": mass_error + weighted.sum(dim=-1),
-            "D_split": (weighted * (cell == split)).sum(dim=-1), "cell": cell}
+    return {
+        "D": mass_error + weighted.sum(dim=-1),
+        "D_split": (weighted * (cell == split)).sum(dim=-1),
+        "cell": cell,
+    }
 
 
-print({key: val.cpu().numpy().round(4).tolist() for key, val in voronoi_distance(demo_fit, 2).items()})
+print(
+    {key: val.cpu().numpy().round(4).tolist() for key, val in voronoi_distance(demo_fit, 2).items()}
+)
 
 # %% [markdown]
 # ## Checks
@@ -374,8 +430,10 @@ print({key: val.cpu().numpy().round(4).tolist() for key, val in voronoi_distance
 
 # %%
 check_gen = runtime.stream(cfg.seed, "checks")
-random_p = {key: (0.5 * torch.randn(3, 4, generator=check_gen, dtype=DT)).to(cfg.device)
-            for key in ("beta1", "beta0", "a", "b")}  # small enough for the y grid
+random_p = {
+    key: (0.5 * torch.randn(3, 4, generator=check_gen, dtype=DT)).to(cfg.device)
+    for key in ("beta1", "beta0", "a", "b")
+}  # small enough for the y grid
 random_p["nu"] = (0.05 + 0.2 * torch.rand(3, 4, generator=check_gen, dtype=DT)).to(cfg.device)
 x_check = (torch.rand(3, 50, generator=check_gen, dtype=DT) * 2 - 1).to(cfg.device)
 for top_k in (1, 2, 3):
@@ -404,8 +462,12 @@ for r in range(3):
         top = np.argsort(scores)[-2:]
         w = np.exp(scores[top] - scores[top].max())
         w /= w.sum()
-        ref = np.log(sum(wi * norm.pdf(yv, pn["a"][r, i] * xv + pn["b"][r, i],
-                                       math.sqrt(pn["nu"][r, i])) for wi, i in zip(w, top, strict=True)))
+        ref = np.log(
+            sum(
+                wi * norm.pdf(yv, pn["a"][r, i] * xv + pn["b"][r, i], math.sqrt(pn["nu"][r, i]))
+                for wi, i in zip(w, top, strict=True)
+            )
+        )
         assert abs(batched[r, t] - ref) < 1e-10
 print("batched log-likelihood = direct reference")
 
@@ -420,8 +482,9 @@ print("batched log-likelihood = direct reference")
 
 # %%
 split_truth = {key: val[:, [0, 1, 1, 2]] for key, val in true_params(1).items()}
-split_truth["beta0"] = split_truth["beta0"] - torch.tensor([0, math.log(2), math.log(2), 0],
-                                                           dtype=DT, device=cfg.device)
+split_truth["beta0"] = split_truth["beta0"] - torch.tensor(
+    [0, math.log(2), math.log(2), 0], dtype=DT, device=cfg.device
+)
 assert hellinger(split_truth, 3).item() < 1e-7
 assert voronoi_distance(true_params(1), 2)["D"].item() < 1e-12
 assert voronoi_distance(split_truth, 3)["D"].item() < 1e-12
@@ -436,8 +499,14 @@ print("h = D = 0 at the truth, also for the split (k = 4, top-3) representation"
 
 # %%
 x_one, y_one = sample(1000, 1, runtime.stream(cfg.seed, "check-data"))
-_, ll_restarts = fit_mle(x_one.expand(6, -1), y_one.expand(6, -1), 3, 2,
-                         runtime.stream(cfg.seed, "check-init"), max_iter=400)
+_, ll_restarts = fit_mle(
+    x_one.expand(6, -1),
+    y_one.expand(6, -1),
+    3,
+    2,
+    runtime.stream(cfg.seed, "check-init"),
+    max_iter=400,
+)
 spread = 1000 * (ll_restarts.max() - ll_restarts.min()).item()
 print(f"spread of the total log-likelihood over 6 restarts, n = 1000: {spread:.2f} nats")
 assert spread < 7.5
@@ -451,8 +520,12 @@ assert spread < 7.5
 
 # %%
 SETTINGS = {"exact (k=3, K=2)": (3, 2), "over-specified (k=4, K=3)": (4, 3)}
-print(f"sample sizes {cfg.sizes}, {cfg.n_seeds} seeds, {cfg.restarts} restarts per fit, "
-      f"L-BFGS max {cfg.max_iter} iterations; settings: {', '.join(SETTINGS)}")
+EXACT, OVER = SETTINGS
+print(
+    f"sample sizes {cfg.sizes}, {cfg.n_seeds} seeds, {cfg.restarts} restarts per fit, "
+    f"L-BFGS max {cfg.max_iter} iterations; settings: {', '.join(SETTINGS)}"
+)
+
 
 # %%
 def run_size(n: int) -> dict:
@@ -466,9 +539,13 @@ def run_size(n: int) -> dict:
         best += torch.arange(cfg.n_seeds, device=best.device) * cfg.restarts
         fitted = {key: val[best] for key, val in fitted.items()}
         dist = voronoi_distance(fitted, top_k)
-        out[name] = {"h": hellinger(fitted, top_k).tolist(), "D": dist["D"].tolist(),
-                     "D_split": dist["D_split"].tolist(), "loglik": ll[best].tolist(),
-                     "cell_sizes": torch.nn.functional.one_hot(dist["cell"], 3).sum(1).tolist()}
+        out[name] = {
+            "h": hellinger(fitted, top_k).tolist(),
+            "D": dist["D"].tolist(),
+            "D_split": dist["D_split"].tolist(),
+            "loglik": ll[best].tolist(),
+            "cell_sizes": torch.nn.functional.one_hot(dist["cell"], 3).sum(1).tolist(),
+        }
     return out
 
 
@@ -479,49 +556,82 @@ elapsed = time.perf_counter() - start
 # %% tags=["nbval-ignore-output"]
 print(f"{2 * len(cfg.sizes) * cfg.n_seeds * cfg.restarts} fits in {elapsed:.1f} s")
 
+# %% [markdown]
+# The results go into one tidy table, a row per (setting, sample size, seed); the committed
+# `full` run (below) stored the same numbers nested by sample size, and the same function reads
+# both:
+
 # %% tags=["nbval-ignore-output"]
-results_path = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json"
-runtime.write_results(results_path, {str(n): r for n, r in runs.items()}, cfg)
-print("results written to", results_path.relative_to(results_path.parents[1]))
+METRICS = ["h", "D", "D_split"]
+
+
+def tidy(by_size: dict) -> pd.DataFrame:
+    """One row per (size, setting, seed) from {n: {setting: {metric: [one value per seed]}}}."""
+    frames = {
+        (int(n), setting): pd.DataFrame(values)
+        for n, by_setting in by_size.items()
+        for setting, values in by_setting.items()
+    }
+    table = pd.concat(frames, names=["size", "setting", "seed"]).reset_index()
+    return table.sort_values(["setting", "size", "seed"], ignore_index=True)
+
+
+table = tidy(runs)
+_ = records.save(cfg, {"runs": table})
 
 # %% [markdown]
 # ## Results
 #
 # For each seed we fit a line to $\log(\text{error})$ against $\log n$ over the sample sizes;
-# the slope is the empirical rate exponent. The mean slope over seeds, with its 95 % t-interval:
+# the slope is the empirical rate exponent. The mean slope over seeds, with its 95 % t-interval
+# over seeds, and the mean error at the largest $n$:
+
 
 # %%
-def slopes(setting: str, metric: str) -> np.ndarray:
-    """Least-squares slope of log(metric) on log(n), one per seed."""
-    log_n = np.log(cfg.sizes)
-    values = np.log([runs[n][setting][metric] for n in cfg.sizes])  # (sizes, seeds)
-    return np.array([np.polyfit(log_n, values[:, s], 1)[0] for s in range(cfg.n_seeds)])
+def seed_slopes(table: pd.DataFrame) -> pd.DataFrame:
+    """Least-squares slope of log(error) on log(n), one row per (setting, metric, seed)."""
+    long = table.melt(["setting", "seed", "size"], METRICS, var_name="metric", value_name="error")
+    fitted = long.groupby(["setting", "metric", "seed"], sort=False).apply(
+        lambda g: np.polyfit(np.log(g["size"]), np.log(g["error"]), 1)[0]
+    )
+    return fitted.rename("slope").reset_index()
 
 
-slope = {(s, m): slopes(s, m) for s in SETTINGS for m in ("h", "D", "D_split")}
-rows = [{"setting": s, "metric": m, "slope (mean)": stats.mean_ci(slope[(s, m)])[0],
-         "95 % CI half-width": stats.mean_ci(slope[(s, m)])[1],
-         f"error at n = {cfg.sizes[-1]}": float(np.mean(runs[cfg.sizes[-1]][s][m]))}
-        for s in SETTINGS for m in ("h", "D", "D_split")]
-report.show_table(rows)
+def slope_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean slope and 95 % interval over seeds per (setting, metric), with the error at max n."""
+    summary = stats.summarise(seed_slopes(table), "slope", by=["setting", "metric"])
+    largest = table[table["size"] == table["size"].max()]
+    summary["error at max n"] = [
+        largest[m][largest["setting"] == s].mean()
+        for s, m in zip(summary["setting"], summary["metric"], strict=True)
+    ]
+    return summary
 
-# %% mystnb={"figure": {"caption": "Left: Hellinger distance between the fitted and the true conditional density; right: the matching distance D between fitted and true parameters (solid) and its split-cell part D_split (dotted), against the sample size, for the exact and the over-specified fit. Log-log axes; mean and 95 % CI over seeds (`n_seeds` in the config). Grey lines: slope -1/2 (parametric) and, for reference only, -1/8 (not verified).", "name": "fig-topk-moe-rates-rates"}}
+
+report.show_table(slope_table(table))
+
+# %%
 fig, (ax_h, ax_d) = plt.subplots(1, 2, figsize=(10, 3.8))
 sizes = np.array(cfg.sizes, dtype=float)
-for i, name in enumerate(SETTINGS):
-    for ax, metric, extra in ((ax_h, "h", {}), (ax_d, "D", {}),
-                              (ax_d, "D_split", {"linestyle": ":", "marker": "x"})):
-        ci = np.array([stats.mean_ci(runs[n][name][metric]) for n in cfg.sizes])
+for ax, metric, extra in (
+    (ax_h, "h", {}),
+    (ax_d, "D", {}),
+    (ax_d, "D_split", {"linestyle": ":", "marker": "x"}),
+):
+    curves = stats.summarise(table, metric, by=["setting", "size"])
+    for i, name in enumerate(SETTINGS):
+        curve = curves[curves["setting"] == name]
         style = plotting.style(i + 1) | extra
-        ax.plot(sizes, ci[:, 0], label=f"{name}{', split cell' if metric == 'D_split' else ''}",
-                **style)
-        ax.fill_between(sizes, ci[:, 0] - np.nan_to_num(ci[:, 1]),
-                        ci[:, 0] + np.nan_to_num(ci[:, 1]), color=style["color"], alpha=0.15)
+        label = f"{name}{', split cell' if metric == 'D_split' else ''}"
+        ax.plot(curve["size"], curve["mean"], label=label, **style)
+        ax.fill_between(
+            curve["size"], curve["low"], curve["high"], color=style["color"], alpha=0.15
+        )
 for ax, metric in ((ax_h, "h"), (ax_d, "D")):
-    anchor = np.mean(runs[cfg.sizes[0]]["exact (k=3, K=2)"][metric])
+    anchor = table[(table["size"] == cfg.sizes[0]) & (table["setting"] == EXACT)][metric].mean()
     for power, ls in ((-0.5, "--"), (-0.125, ":")):
-        ax.plot(sizes, anchor * (sizes / sizes[0]) ** power, color="grey", linestyle=ls,
-                linewidth=1, label=f"slope {power:g}")
+        reference = anchor * (sizes / sizes[0]) ** power
+        ax.plot(sizes, reference, color="grey", linestyle=ls, linewidth=1, label=f"slope {power:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(cfg.sizes, [str(n) for n in cfg.sizes])
@@ -532,115 +642,200 @@ ax_d.set_ylabel("parameter distance D (unitless)")
 ax_h.legend(fontsize=8)
 ax_d.legend(fontsize=7)
 fig.tight_layout()
-plt.show()
+report.glue_figure("fig-topk-moe-rates-rates", fig)
 
 # %% [markdown]
-# The verdicts are computed from the slopes. A rate counts as parametric (*reproduced*) when the
-# slope's CI contains $-1/2$ or the mean lies within $0.1$ of it, and as *contradicted* when the
-# whole CI lies above $-1/4$. For Claim 3 we compare the split-cell slopes of the two settings,
-# paired by seed: slower (a larger slope) with a CI that excludes zero is *reproduced*.
+# ```{glue:figure} fig-topk-moe-rates-rates
+# :name: fig-topk-moe-rates-rates
+#
+# Left: Hellinger distance between the fitted and the true conditional density; right: the
+# matching distance D between fitted and true parameters (solid) and its split-cell part
+# D_split (dotted), against the sample size, for the exact and the over-specified fit. Log-log
+# axes; mean and 95 % t-interval over seeds (`n_seeds` in the config). Grey lines: slope -1/2
+# (parametric) and, for reference only, -1/8 (not verified).
+# ```
+#
+# ### The verdict rule
+#
+# Claims 1 and 2 are rate statements of a theorem: the error is $O(\sqrt{\log n / n})$. We check
+# them numerically (*holds* / *fails*) on the slope's 95 % interval over seeds: the claim holds
+# when the upper end of the interval is at most $-1/2 + 0.1$. The rate is an upper bound, so a
+# steeper slope over a finite range of $n$ does not contradict it, while a slope that is
+# reliably shallower does. The tolerance of $0.1$ allows for the logarithm, whose local slope
+# $1/(2 \ln n)$ is below $0.09$ for every $n \ge 250$, and still separates the parametric rate
+# from the slow rates ($-1/4$ and shallower) that the theory gives for over-specified
+# parameters.
+#
+# Claim 3 has a direction: the split cell converges more *slowly* in the over-specified fit than
+# the same expert does in the exact fit, so the effect is the difference of their slopes (over
+# minus exact), paired by seed (both fits see the same datasets), and the expected sign is
+# positive. The smallest effect of interest is a slope difference of $0.1$: below it, the error
+# shrinks less than $10^{0.1} \approx 1.26$ times more slowly per decade of $n$, which is within
+# what the logarithm and the pre-asymptotic regime can produce. The same function computes the
+# verdicts of the `book` run here and of the committed `full` run below.
 
 # %%
-def parametric_verdict(values: np.ndarray) -> str:
-    """Verdict for 'this error decays like n^(-1/2)' from per-seed slopes."""
-    mean, half = stats.mean_ci(values)
-    if not math.isfinite(half):
-        return "not tested"
-    if abs(mean + 0.5) <= max(half, 0.1):
-        return "reproduced"
-    return "contradicted" if mean - half > -0.25 else "direction only"
+PARAMETRIC_SLOPE, TOLERANCE, SESOI_SLOWER = -0.5, 0.1, 0.1
 
 
-EXACT, OVER = SETTINGS
-slower = stats.paired_ci(slope[(OVER, "D_split")], slope[(EXACT, "D_split")])
-verdicts = {"exact_h": parametric_verdict(slope[(EXACT, "h")]),
-            "exact_d": parametric_verdict(slope[(EXACT, "D")]),
-            "over_h": parametric_verdict(slope[(OVER, "h")]),
-            "over_slow": ("not tested" if not math.isfinite(slower[1]) else
-                          "reproduced" if slower[0] - slower[1] > 0 else
-                          "direction only" if slower[0] > 0 else "contradicted")}
-for key, value in verdicts.items():
-    report.glue(f"verdict_{key}", value)
-for (setting, metric), values in slope.items():
-    tag = "exact" if setting == EXACT else "over"
-    mean, half = stats.mean_ci(values)
-    report.glue(f"slope_{tag}_{metric}", mean, 3)
-    report.glue(f"slope_{tag}_{metric}_ci", half, 2)
-_ = report.glue("slope_diff", slower[0], 3)
-_ = report.glue("slope_diff_ci", slower[1], 2)
-_ = report.glue("n_min", cfg.sizes[0])
-_ = report.glue("n_max", cfg.sizes[-1])
-_ = report.glue("n_seeds", cfg.n_seeds)
-print(verdicts)
+def rate_verdicts(table: pd.DataFrame) -> tuple[dict[str, str], dict[str, stats.Estimate]]:
+    """The verdicts of Claims 1-3 from a results table, and the estimates they rest on."""
+    summary = slope_table(table).set_index(["setting", "metric"])
+    slopes = seed_slopes(table)
+    slower = stats.paired_effects(
+        slopes[slopes["metric"] == "D_split"], "slope", EXACT, method="setting"
+    )
+    est = {
+        f"{tag}_{metric}": stats.estimate_of(summary.loc[(setting, metric)])
+        for tag, setting in (("exact", EXACT), ("over", OVER))
+        for metric in METRICS
+    }
+    est["diff"] = stats.estimate_of(slower.iloc[0])
+
+    def parametric(e: stats.Estimate) -> str:
+        if math.isnan(e.high):
+            return verdicts.not_tested("one seed gives no interval")
+        return verdicts.check(e.high <= PARAMETRIC_SLOPE + TOLERANCE)
+
+    verdict = {
+        "exact_h": parametric(est["exact_h"]),
+        "exact_d": parametric(est["exact_D"]),
+        "over_h": parametric(est["over_h"]),
+        "over_slow": verdicts.judge(est["diff"], expected="increase", sesoi=SESOI_SLOWER),
+    }
+    return verdict, est
+
+
+book_verdicts, book_est = rate_verdicts(table)
+print(book_verdicts)
+_ = report.glue_all(
+    {f"book_verdict_{k}": v for k, v in book_verdicts.items()}
+    | {f"slope_{k}": v for k, v in book_est.items()}
+    | {"n_min": cfg.sizes[0], "n_max": cfg.sizes[-1], "n_seeds": cfg.n_seeds}
+    | {"tolerance": TOLERANCE, "sesoi_slower": SESOI_SLOWER}
+)
 
 # %% [markdown]
 # With the exact number of experts, the Hellinger distance fell with slope
-# {glue:text}`slope_exact_h` ± {glue:text}`slope_exact_h_ci` and the parameter distance with
-# slope {glue:text}`slope_exact_D` ± {glue:text}`slope_exact_D_ci` between $n =$
-# {glue:text}`n_min` and {glue:text}`n_max` ({glue:text}`n_seeds` seeds): both close to the
-# parametric $-1/2$. With one expert too many, the density error fell with slope
-# {glue:text}`slope_over_h` ± {glue:text}`slope_over_h_ci`, while the split cell's parameter
-# distance fell with slope {glue:text}`slope_over_D_split` ± {glue:text}`slope_over_D_split_ci`,
-# against {glue:text}`slope_exact_D_split` ± {glue:text}`slope_exact_D_split_ci` for the same
-# expert in the exact fit (paired difference {glue:text}`slope_diff` ±
-# {glue:text}`slope_diff_ci`). The over-specified parameter errors are also larger (see the
-# table): two
-# fitted experts share the work of one, and the likelihood barely cares how they share it.
-
-# %% [markdown]
-# ## What the paper reports vs what we measured
-#
-# The paper is theory; its claims are rates. Its own simulations were not available to us to
-# compare numbers with, so the "paper" column gives the verified statements of the abstract.
-#
-# | claim | paper {cite:p}`nguyen2024statistical` | ours, `book` (slope ± 95 % CI) | ours, `full` | verdict (`book`) |
-# |---|---|---|---|---|
-# | 1. exact: density parametric | $\tilde O(n^{-1/2})$ | {glue:text}`slope_exact_h` ± {glue:text}`slope_exact_h_ci` | {glue:text}`full_exact_h` | {glue:text}`verdict_exact_h` |
-# | 1. exact: parameters parametric | $\tilde O(n^{-1/2})$ (Voronoi loss) | {glue:text}`slope_exact_D` ± {glue:text}`slope_exact_D_ci` (our $D$) | {glue:text}`full_exact_D` | {glue:text}`verdict_exact_d` |
-# | 2. over-specified: density parametric | $\tilde O(n^{-1/2})$ if $\bar K$ covers the cells | {glue:text}`slope_over_h` ± {glue:text}`slope_over_h_ci` | {glue:text}`full_over_h` | {glue:text}`verdict_over_h` |
-# | 3. over-specified: parameters much slower | "substantially slow" (exponent not verified) | split cell {glue:text}`slope_over_D_split` vs exact {glue:text}`slope_exact_D_split` | {glue:text}`full_over_D_split` | {glue:text}`verdict_over_slow` |
-#
-# **Verdict.** Claims 1 and 2 are statements about $n \to \infty$ and we test them over less
-# than two decades of $n$, with the optimiser started near the truth, as the local theory
-# assumes; the verdict column gives the outcome. For Claim 3 the theory predicts a slope as
-# shallow as $-1/8$ for some split-cell parameters (*not verified*); a fitted slope over a short
-# range of $n$ mixes the fast and the slow parameters, and the pre-asymptotic regime can look
-# steeper or shallower than the limit, so we only ask whether the split cell converges more
-# slowly than the same expert does in the exact fit. Our $D$ is a simplification of the paper's
-# loss (gate mass instead of $\exp(\beta_0)$, no gate slopes), so its slope is comparable in
-# kind, not in constants.
+# {glue:text}`slope_exact_h` and the parameter distance with slope {glue:text}`slope_exact_D`
+# (mean [95 % interval] over {glue:text}`n_seeds` seeds) between $n =$ {glue:text}`n_min` and
+# {glue:text}`n_max`. With one expert too many, the density error fell with slope
+# {glue:text}`slope_over_h`, while the split cell's parameter distance fell with slope
+# {glue:text}`slope_over_D_split`, against {glue:text}`slope_exact_D_split` for the same expert
+# in the exact fit (paired difference {glue:text}`slope_diff`). The over-specified parameter
+# errors are also larger (see the table): two fitted experts share the work of one, and the
+# likelihood barely cares how they share it. The `book` verdicts: Claim 1
+# {glue:text}`book_verdict_exact_h` (density) and {glue:text}`book_verdict_exact_d`
+# (parameters), Claim 2 {glue:text}`book_verdict_over_h`, Claim 3
+# {glue:text}`book_verdict_over_slow`.
 
 # %% [markdown]
 # (topk-moe-rates-full-scale)=
 # ## Full-scale results
 #
 # The `full` preset extends the sample sizes to 128 000 (over two and a half decades), with ten
-# seeds and three restarts per fit. It runs once on a lent GPU machine with `tools/gpu_run.sh`
-# (see {doc}`/book/running`); its results file is committed next to this chapter
-# (`results/topk_moe_rates_full.json`) and shown here, never recomputed.
+# seeds and three restarts per fit, on a lent GPU machine with `tools/gpu_run.sh` (see
+# {doc}`/book/running`). This section reads its results file, never recomputes it:
+# {glue:text}`full_status`
 
 # %%
-FULL_RESULTS = Path("results/topk_moe_rates_full.json")
-full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
-full_text = {key: "not run yet" for key in ("exact_h", "exact_D", "over_h", "over_D_split")}
-if full is None:
-    print("The full preset has not been run on a GPU yet: see 'Running the book' for the command.")
-else:
-    print(f"{full['hardware']['gpu']}, torch {full['versions']['torch']}, "
-          f"commit {str(full['git_commit'])[:12]}, {full['finished_utc'][:10]}")
-    full_sizes = sorted(int(n) for n in full["results"])
-    full_rows = []
-    for key in full_text:
-        setting = EXACT if key.startswith("exact") else OVER
-        metric = key.split("_", 1)[1]
-        logs = np.log([full["results"][str(n)][setting][metric] for n in full_sizes])
-        per_seed = [np.polyfit(np.log(full_sizes), logs[:, s], 1)[0] for s in range(logs.shape[1])]
-        mean, half = stats.mean_ci(per_seed)
-        full_text[key] = f"{mean:.3f} ± {half:.2f}"
-        full_rows.append({"setting": setting, "metric": metric, "slope": mean, "95 % CI": half})
-    report.show_table(full_rows)
-for key, text in full_text.items():
-    _ = report.glue(f"full_{key}", text)
+full = records.committed(cfg.chapter, "full")
+full_verdicts = dict.fromkeys(book_verdicts, verdicts.not_tested("no full run committed"))
+full_glue = {f"full_slope_{k}": "not run" for k in book_est}
+if full is not None:
+    full_table = full.table("runs") if "runs" in full.results else tidy(full.results)
+    full_verdicts, full_est = rate_verdicts(full_table)
+    full_glue = {f"full_slope_{k}": v for k, v in full_est.items()}
+    report.show_table(slope_table(full_table))
+_ = report.glue_all(
+    full_glue
+    | {"full_status": records.status(full, cfg.chapter, "full")}
+    | {f"full_verdict_{k}": v for k, v in full_verdicts.items()}
+    | {
+        f"verdict_{k}": full_verdicts[k] if full is not None else v
+        for k, v in book_verdicts.items()
+    }
+)
+print(full_verdicts)
+
+# %% [markdown]
+# Is the fitted model the maximum likelihood estimator at every size? The over-specified model
+# contains the exact fit: split its expert 2 into two copies with half the gate mass, which the
+# top-3 gate keeps as long as expert 2 leads the left-out expert by more than $\log 2$ (the truth
+# leads by 1, and the fits are close to it). At the MLE its total log-likelihood is therefore at
+# least the exact fit's on the same data, and a negative gap is an optimisation shortfall. The
+# gap (over-specified minus exact, in nats, summed over the $n$ samples), per sample size: its
+# mean and 95 % interval over seeds, its smallest value and the fraction of datasets where it is
+# negative. A shortfall of a few nats is within the restarts' spread of the check above (which
+# allows 7.5 nats) and does not move the distances measurably; tens of nats do.
+
+
+# %%
+def likelihood_gap(table: pd.DataFrame) -> pd.DataFrame:
+    """Total log-likelihood of the over-specified fit minus the exact fit's, per size (seeds)."""
+    wide = table.pivot_table(index=["size", "seed"], columns="setting", values="loglik")
+    gap = ((wide[OVER] - wide[EXACT]) * wide.index.get_level_values("size")).rename("gap")
+    gap = gap.reset_index()
+    by_size = gap.groupby("size", sort=False)["gap"]
+    return stats.summarise(gap, "gap", by=["size"]).assign(
+        smallest=by_size.min().to_numpy(),
+        **{"fraction < 0": by_size.apply(lambda g: float((g < 0).mean())).to_numpy()},
+    )
+
+
+gaps = {"book": likelihood_gap(table)}
+if full is not None:
+    gaps["full"] = likelihood_gap(full_table)
+report.show_table(pd.concat(gaps, names=["run"]).reset_index(level=0), digits=3)
+glued = {"gap_book_smallest": gaps["book"]["smallest"].min()}
+glued |= {"gap_full_n_from": "not run", "gap_full_nmax": "not run"}
+if full is not None:
+    always = gaps["full"][gaps["full"]["fraction < 0"] == 1]
+    glued |= {
+        "gap_full_n_from": int(always["size"].min()) if len(always) else "no size",
+        "gap_full_nmax": stats.estimate_of(gaps["full"].iloc[-1]),
+    }
+_ = report.glue_all(glued)
+
+# %% [markdown]
+# ## What the paper reports vs what we measured
+#
+# The paper is theory; its claims are rates. Its own simulations were not available to us to
+# compare numbers with, so the "paper" column gives the verified statements of the abstract.
+# Slopes are means over seeds with their 95 % intervals, and each run's verdict is in
+# parentheses; the last column is the `full` run's verdict where that run is committed, else the
+# `book` run's.
+#
+# | claim | paper {cite:p}`nguyen2024statistical` | ours, `book` | ours, `full` | verdict |
+# |---|---|---|---|---|
+# | 1. exact: density parametric | $\tilde O(n^{-1/2})$ | {glue:text}`slope_exact_h` ({glue:text}`book_verdict_exact_h`) | {glue:text}`full_slope_exact_h` ({glue:text}`full_verdict_exact_h`) | {glue:text}`verdict_exact_h` |
+# | 1. exact: parameters parametric | $\tilde O(n^{-1/2})$ (Voronoi loss) | {glue:text}`slope_exact_D` (our $D$; {glue:text}`book_verdict_exact_d`) | {glue:text}`full_slope_exact_D` ({glue:text}`full_verdict_exact_d`) | {glue:text}`verdict_exact_d` |
+# | 2. over-specified: density parametric | $\tilde O(n^{-1/2})$ if $\bar K$ covers the cells | {glue:text}`slope_over_h` ({glue:text}`book_verdict_over_h`) | {glue:text}`full_slope_over_h` ({glue:text}`full_verdict_over_h`) | {glue:text}`verdict_over_h` |
+# | 3. over-specified: parameters much slower | "substantially slow" (exponent not verified) | split cell, over minus exact: {glue:text}`slope_diff` ({glue:text}`book_verdict_over_slow`) | {glue:text}`full_slope_diff` ({glue:text}`full_verdict_over_slow`) | {glue:text}`verdict_over_slow` |
+#
+# **Verdict.** The checks of Claims 1 and 2 ask that the slope's interval over seeds not lie
+# above $-1/2 + $ {glue:text}`tolerance`; Claim 3 is judged on the paired slope difference with
+# a smallest effect of interest of {glue:text}`sesoi_slower` (see *The verdict rule* above).
+# With the exact number of experts the committed `full` run, over two and a half decades of
+# $n$, gives slopes within a few hundredths of $-1/2$ for both distances, and the parametric
+# rate holds. With one expert too many, the `full` run's density slope is
+# {glue:text}`full_slope_over_h`, too shallow for the check: Claim 2
+# {glue:text}`verdict_over_h`. The likelihood table above says why, and it is not the theorem:
+# from $n =$ {glue:text}`gap_full_n_from` on, the over-specified fit's likelihood is below the
+# exact fit's on every seed (by {glue:text}`gap_full_nmax` nats at the largest $n$), although
+# the over-specified model contains the exact fit. L-BFGS, with 1000 iterations and three
+# restarts, stops short of the maximum in the flat directions of the over-specified
+# likelihood; beyond about $10^4$ samples that optimisation error is larger than the
+# statistical error, and the Hellinger distance stops falling. The check fails for the
+# estimator we computed, which at these sizes is not the MLE the theorem is about. The same
+# shortfall flattens the split cell's distance at large $n$, so the `full` run's slope
+# difference for Claim 3 ({glue:text}`full_slope_diff`, {glue:text}`verdict_over_slow`)
+# overstates the slowing; in the `book` run, where no dataset's gap is below
+# {glue:text}`gap_book_smallest` nats, the difference is {glue:text}`book_verdict_over_slow`. The theory predicts a slope as shallow
+# as $-1/8$ for some split-cell parameters (*not verified*); a fitted slope over a finite range
+# of $n$ mixes the fast and the slow parameters, which is why Claim 3 asks only for a slower
+# rate, not for an exponent. Our $D$ is a simplification of the paper's loss (gate mass instead
+# of $\exp(\beta_0)$, no gate slopes), so its slope is comparable in kind, not in constants.
 
 # %% [markdown]
 # ## Summary
@@ -648,10 +843,15 @@ for key, text in full_text.items():
 # - A top-$K$ sparse softmax gate mixes only the $K$ highest-scoring experts, which splits the
 #   input space into regions with different active sets and a discontinuous gate.
 # - Maximum likelihood, started near the truth and checked for convergence with restarts, is a
-#   reliable estimator at these sizes; we measured its rates from log-log slopes over seeds.
-# - With the right number of experts we measured the slopes in the table above against the
-#   parametric $-1/2$; with one expert too many, compare the density slope with the split-cell
-#   parameter slope to see where the over-specification costs.
+#   reliable estimator at the `book` sizes; we measured its rates from log-log slopes over seeds.
+# - With the right number of experts the density and the parameters were learned at the
+#   parametric rate: Claim 1 {glue:text}`verdict_exact_h` (density) and
+#   {glue:text}`verdict_exact_d` (parameters).
+# - With one expert too many, the density check {glue:text}`verdict_over_h` (Claim 2) and the
+#   split cell's slower rate is {glue:text}`verdict_over_slow` (Claim 3), both on the committed
+#   `full` run where it exists. At its largest sizes the optimiser no longer reaches the maximum
+#   of the over-specified likelihood (its likelihood falls below the nested exact fit's), so
+#   both verdicts there describe our computed estimator more than the MLE of the theorem.
 #
 # ## Exercises
 #
@@ -659,8 +859,9 @@ for key, text in full_text.items():
 #    experts can and cannot represent when true expert 2 is split in two.
 # 2. *Change the code:* fit the over-specified model with `top_k = 2` (violating the condition of
 #    Claim 2) and look at the Hellinger slope.
-# 3. *Change the code:* replace $D$ by per-parameter errors in the split cell ($\max_i |b_i - b_2^*|$,
-#    $\max_i |\nu_i - \nu_2^*|$, ...) and fit their slopes separately. Which ones are slow?
+# 3. *Change the code:* replace $D$ by per-parameter errors in the split cell
+#    ($\max_i |b_i - b_2^*|$, $\max_i |\nu_i - \nu_2^*|$, ...) and fit their slopes separately.
+#    Which ones are slow?
 # 4. *Run a regime:* `make run NB=notebooks/part2_softmax/12_topk_moe_rates.ipynb PRESET=book
 #    ARGS="-p restarts 1"`. Do fewer restarts change the slopes?
 #

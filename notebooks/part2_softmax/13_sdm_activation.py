@@ -28,8 +28,9 @@
 #   $\hat p(y \mid x)_{\text{lower}}$, following the paper and its official code;
 # - implement all of it from scratch, with exact nearest neighbours in PyTorch;
 # - check that it reduces to the softmax, keeps the argmax and goes uniform far from the data;
-# - compare the accuracy of the admitted set against softmax and temperature scaling on digits,
-#   in distribution, under a sweep of pixel noise, and on two digit classes never trained on.
+# - compare the class- and prediction-conditional accuracy of the admitted set against softmax
+#   and temperature scaling on digits, in distribution, under a sweep of pixel noise, and on two
+#   digit classes never trained on.
 #
 # Run time: `smoke` about 10 s, `book` (the default) about 40 s of CPU time on a 2-core CPU,
 # `full` about two minutes on one GPU.
@@ -42,9 +43,17 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
+        ],
+        check=True,
+    )
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -59,21 +68,51 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.datasets import load_digits
 
-from noisefit_lib import metrics, plotting, report, runtime, stats
+from noisefit_lib import metrics, plotting, records, report, runtime, stats, verdicts
 
 PRESETS = {
-    "smoke": {"n_seeds": 1, "epochs": 4, "base_steps": 60, "alpha": 0.95, "exemplar_dim": 32,
-              "max_q": 1000, "noise_levels": [0.0, 0.5]},
-    "book": {"n_seeds": 5, "epochs": 25, "base_steps": 150, "alpha": 0.95, "exemplar_dim": 32,
-             "max_q": 1000, "noise_levels": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
-    "full": {"n_seeds": 20, "epochs": 50, "base_steps": 300, "alpha": 0.95, "exemplar_dim": 32,
-             "max_q": 1000, "noise_levels": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]},
+    "smoke": {
+        "n_seeds": 1,
+        "epochs": 4,
+        "base_steps": 60,
+        "alpha": 0.95,
+        "exemplar_dim": 32,
+        "max_q": 1000,
+        "noise_levels": [0.0, 0.5],
+    },
+    "book": {
+        "n_seeds": 5,
+        "epochs": 25,
+        "base_steps": 150,
+        "alpha": 0.95,
+        "exemplar_dim": 32,
+        "max_q": 1000,
+        "noise_levels": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+    },
+    "full": {
+        "n_seeds": 20,
+        "epochs": 50,
+        "base_steps": 300,
+        "alpha": 0.95,
+        "exemplar_dim": 32,
+        "max_q": 1000,
+        "noise_levels": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    },
 }
-cfg = runtime.resolve("sdm_activation", PRESETS, preset, seed=seed, device=device,
-                      n_seeds=n_seeds, epochs=epochs, alpha=alpha)
+cfg = runtime.resolve(
+    "sdm_activation",
+    PRESETS,
+    preset,
+    seed=seed,
+    device=device,
+    n_seeds=n_seeds,
+    epochs=epochs,
+    alpha=alpha,
+)
 plotting.use_house_style()
 print(cfg.summary())
 
@@ -97,7 +136,8 @@ print(cfg.summary())
 # calibration set, an estimator that also accounts for how many comparable calibration points
 # exist (a DKW band) and a threshold on a rescaled similarity below which it refuses to answer. The
 # claim we test is about that estimator: the accuracy among the points it *admits* should stay at
-# least $\alpha'$, even under shift. Rejecting everything is allowed; falling below $\alpha'$ is not.
+# least $\alpha'$, for every class and every prediction, even under shift. Rejecting everything is
+# allowed; falling below $\alpha'$ is not.
 
 # %% [markdown]
 # ## The math
@@ -157,9 +197,9 @@ print(cfg.summary())
 #
 # A bias-free $C \times C$ linear layer $W''$, fitted on $D_{ca}$ with the loss of
 # {eq}`eq-sdm-activation-sdm` (base $2+\tilde q$, $d = 1$), gives the normalised output
-# $o = \operatorname{sdm}(W''^\top v)$ with $2 + \tilde q$ as base. A point whose $\arg\max o$ is not
-# $\hat y$ gets $\tilde q = 0$, which marks it out-of-distribution, as does $\lfloor \tilde q
-# \rfloor = 0$.
+# $o = \operatorname{sdm}(W''^\top v)$ with $2 + \tilde q$ as base. A point whose $\arg\max o$ is
+# not $\hat y$ gets $\tilde q = 0$, which marks it out-of-distribution, as does
+# $\lfloor \tilde q \rfloor = 0$.
 #
 # **Effective sample size.** The calibration points of class $c$ with a rescaled similarity below
 # the test point's are not comparable to it. The paper counts the rest, and widens the CDFs by
@@ -224,6 +264,7 @@ print(cfg.summary())
 # softmax of the logits scaled by $d \ln(2 + q)$, and the change of base of the loss is a division
 # by $\ln(2 + q)$:
 
+
 # %%
 def sdm_activation(z: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """sdm(z)_i = (2+q)^(d z_i) / sum_c (2+q)^(d z_c); z (N, C), q and d (N,)."""
@@ -249,10 +290,17 @@ print(sdm_activation(z_demo, torch.tensor([math.e - 2, 20.0, 20.0]), torch.tenso
 # the official code uses FAISS and at most `max_q` of them), a match indicator per neighbour, and
 # the length of the leading run of matches, which a cumulative product reads off:
 
+
 # %%
-def similarity_and_distance(e: torch.Tensor, pred: torch.Tensor, e_tr: torch.Tensor,
-                            pred_tr: torch.Tensor, y_tr: torch.Tensor, max_q: int,
-                            is_train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def similarity_and_distance(
+    e: torch.Tensor,
+    pred: torch.Tensor,
+    e_tr: torch.Tensor,
+    pred_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    max_q: int,
+    is_train: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q and d_nearest of exemplars e (N, D) against the training exemplars e_tr (M, D)."""
     k = min(max_q + int(is_train), e_tr.shape[0])
     dist, idx = torch.topk(torch.cdist(e, e_tr), k, dim=1, largest=False)  # (N, k), ascending
@@ -264,8 +312,16 @@ def similarity_and_distance(e: torch.Tensor, pred: torch.Tensor, e_tr: torch.Ten
 
 
 e_tr_demo = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
-print(similarity_and_distance(torch.tensor([[0.1]]), torch.tensor([0]), e_tr_demo,
-                              torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1]), max_q=4))
+print(
+    similarity_and_distance(
+        torch.tensor([[0.1]]),
+        torch.tensor([0]),
+        e_tr_demo,
+        torch.tensor([0, 0, 1, 0]),
+        torch.tensor([0, 0, 1, 1]),
+        max_q=4,
+    )
+)
 
 # %% [markdown]
 # The demo point's neighbours, nearest first, are predicted $0, 0, 1, 0$: two matches, then a
@@ -277,6 +333,7 @@ print(similarity_and_distance(torch.tensor([[0.1]]), torch.tensor([0]), e_tr_dem
 # values at or beyond the largest reference value, and 0 against an empty reference; we do the
 # same.
 
+
 # %%
 def ecdf(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Fraction of the sorted `reference` strictly below each x; 1 at or above its maximum."""
@@ -286,16 +343,21 @@ def ecdf(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= reference[-1], torch.ones_like(below), below)
 
 
-def distance_cdfs(d_near: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: int
-                  ) -> list[torch.Tensor]:
+def distance_cdfs(
+    d_near: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: int
+) -> list[torch.Tensor]:
     """Per true class, the sorted d_nearest of the labelled points with q > 0."""
     return [torch.sort(d_near[(y == c) & (q > 0)]).values for c in range(n_classes)]
 
 
 def distance_quantile(d_near: torch.Tensor, cdfs: list[torch.Tensor]) -> torch.Tensor:
     """d = min_c (1 - eCDF_c(d_nearest)): the fraction of class-c distances >= this one."""
-    per_class = [1 - torch.searchsorted(ref, d_near.contiguous(), side="left") / ref.numel()
-                 if ref.numel() else torch.zeros_like(d_near) for ref in cdfs]
+    per_class = [
+        1 - torch.searchsorted(ref, d_near.contiguous(), side="left") / ref.numel()
+        if ref.numel()
+        else torch.zeros_like(d_near)
+        for ref in cdfs
+    ]
     return torch.stack(per_class, dim=1).min(dim=1).values
 
 
@@ -313,15 +375,25 @@ print(distance_quantile(torch.tensor([0.0, 1.5, 5.0]), ref))
 # {eq}`eq-sdm-activation-sdm` with $q, d$ fixed, then re-estimates $q, d$ of the training points
 # against the training set, and scores the epoch by the class-balanced median $q$ of $D_{ca}$:
 
+
 # %%
-def train_adaptor(h_tr: torch.Tensor, y_tr: torch.Tensor, h_ca: torch.Tensor, y_ca: torch.Tensor,
-                  n_classes: int, gen: torch.Generator) -> tuple[torch.nn.Module, torch.nn.Module]:
+def train_adaptor(
+    h_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    h_ca: torch.Tensor,
+    y_ca: torch.Tensor,
+    n_classes: int,
+    gen: torch.Generator,
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Exemplar adaptor (g, fc) trained with the SDM loss; the epoch with the best median q."""
     g = torch.nn.Linear(h_tr.shape[1], cfg.exemplar_dim).to(cfg.device)
     fc = torch.nn.Linear(cfg.exemplar_dim, n_classes).to(cfg.device)
     init_from(gen, g, fc)
     opt = torch.optim.Adam([*g.parameters(), *fc.parameters()], lr=3e-3)
-    q, d = torch.full_like(y_tr, math.e - 2, dtype=torch.float), torch.ones_like(y_tr, dtype=torch.float)
+    q, d = (
+        torch.full_like(y_tr, math.e - 2, dtype=torch.float),
+        torch.ones_like(y_tr, dtype=torch.float),
+    )
     best_metric, best = -1.0, None
     for _ in range(cfg.epochs):
         for _ in range(10):
@@ -335,11 +407,18 @@ def train_adaptor(h_tr: torch.Tensor, y_tr: torch.Tensor, h_ca: torch.Tensor, y_
             q, d_near = similarity_and_distance(e_tr, pred_tr, e_tr, pred_tr, y_tr, cfg.max_q, True)
             d = distance_quantile(d_near, distance_cdfs(d_near, q, y_tr, n_classes))
             e_ca = g(h_ca)
-            q_ca, _ = similarity_and_distance(e_ca, fc(e_ca).argmax(1), e_tr, pred_tr, y_tr, cfg.max_q)
+            q_ca, _ = similarity_and_distance(
+                e_ca, fc(e_ca).argmax(1), e_tr, pred_tr, y_tr, cfg.max_q
+            )
             metric = float(np.mean([q_ca[y_ca == c].median().item() for c in range(n_classes)]))
         if metric >= best_metric:
-            best_metric, best = metric, ({k: v.clone() for k, v in g.state_dict().items()},
-                                         {k: v.clone() for k, v in fc.state_dict().items()})
+            best_metric, best = (
+                metric,
+                (
+                    {k: v.clone() for k, v in g.state_dict().items()},
+                    {k: v.clone() for k, v in fc.state_dict().items()},
+                ),
+            )
     g.load_state_dict(best[0])
     fc.load_state_dict(best[1])
     return g, fc
@@ -354,6 +433,7 @@ def init_from(gen: torch.Generator, *layers: torch.nn.Linear) -> None:
                 if p is not None:
                     p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
 
+
 # %% [markdown]
 # ### Calibration
 #
@@ -361,15 +441,17 @@ def init_from(gen: torch.Generator, *layers: torch.nn.Linear) -> None:
 # class-wise CDFs of the activation's outputs over $D_{ca}$, then $\tilde q$ and $o$. A flip of the
 # argmax sets $\tilde q = 0$:
 
+
 # %%
 def quantile_vector(sdm_out: torch.Tensor, output_cdfs: list[torch.Tensor]) -> torch.Tensor:
     """v_c = eCDF^{y=c}_ca(sdm(z')_c), shape (N, C)."""
     return torch.stack([ecdf(ref, sdm_out[:, c]) for c, ref in enumerate(output_cdfs)], dim=1)
 
 
-def rescale(v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, w_rescale: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q_tilde = v_yhat ln(2+q) and o = sdm(W''^T v) with base 2 + q_tilde; q_tilde = 0 on a flip."""
+def rescale(
+    v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, w_rescale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q_tilde = v_yhat ln(2+q), o = sdm(W''^T v) with base 2 + q_tilde; q_tilde = 0 on a flip."""
     q_tilde = v.gather(1, pred[:, None]).squeeze(1) * torch.log(2 + q)
     o = sdm_activation(v @ w_rescale.T, q_tilde, torch.ones_like(q_tilde))
     return torch.where(o.argmax(1) == pred, q_tilde, torch.zeros_like(q_tilde)), o
@@ -382,9 +464,16 @@ print(rescale(torch.tensor([[0.9, 0.1]]), torch.tensor([30.0]), torch.tensor([0]
 # base $2 + \tilde q$ (the official code uses batches of one and stops when the loss rises); we
 # keep the weights of the lowest loss:
 
+
 # %%
-def fit_rescaler(v: torch.Tensor, q_tilde: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-                 steps: int = 2000, patience: int = 100) -> torch.Tensor:
+def fit_rescaler(
+    v: torch.Tensor,
+    q_tilde: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    steps: int = 2000,
+    patience: int = 100,
+) -> torch.Tensor:
     """The C x C bias-free rescaling weights W'' that minimise the base-(2+q_tilde) NLL on D_ca."""
     layer = torch.nn.Linear(v.shape[1], v.shape[1], bias=False).to(v.device)
     init_from(gen, layer)
@@ -393,7 +482,11 @@ def fit_rescaler(v: torch.Tensor, q_tilde: torch.Tensor, y: torch.Tensor, gen: t
     for _ in range(steps):
         opt.zero_grad()
         with torch.enable_grad():  # callers may run under no_grad
-            loss = -sdm_log_prob(layer(v), q_tilde, torch.ones_like(q_tilde)).gather(1, y[:, None]).mean()
+            loss = (
+                -sdm_log_prob(layer(v), q_tilde, torch.ones_like(q_tilde))
+                .gather(1, y[:, None])
+                .mean()
+            )
             loss.backward()
         opt.step()
         if loss.item() < best_loss:
@@ -402,6 +495,7 @@ def fit_rescaler(v: torch.Tensor, q_tilde: torch.Tensor, y: torch.Tensor, gen: t
             break
     return best
 
+
 # %% [markdown]
 # The search for $\tilde q_{\min}$ and the class thresholds $\psi$ (the paper's Algorithm 3): try
 # the observed values of $\tilde q$ in increasing order, keep the calibration points at or above
@@ -409,9 +503,11 @@ def fit_rescaler(v: torch.Tensor, q_tilde: torch.Tensor, y: torch.Tensor, gen: t
 # $\alpha'$. The quantile is the official code's: the element at index
 # $\lfloor (1-\alpha') n \rfloor$ of the sorted values.
 
+
 # %%
-def find_q_min(q_tilde: torch.Tensor, o: torch.Tensor, y: torch.Tensor, alpha: float
-               ) -> tuple[float, torch.Tensor]:
+def find_q_min(
+    q_tilde: torch.Tensor, o: torch.Tensor, y: torch.Tensor, alpha: float
+) -> tuple[float, torch.Tensor]:
     """Smallest q_tilde threshold whose class-wise (1 - alpha) quantiles of o_y are all >= alpha."""
     n_classes = o.shape[1]
     in_dist = q_tilde.floor() >= 1  # floor(q_tilde) = 0: out of distribution
@@ -424,7 +520,10 @@ def find_q_min(q_tilde: torch.Tensor, o: torch.Tensor, y: torch.Tensor, alpha: f
                 psi[c] = values[min(int((1 - alpha) * values.numel()), values.numel() - 1)]
         if bool((psi >= alpha).all()):
             return t.item(), psi
-    return math.inf, torch.ones(n_classes, device=o.device)  # no threshold: the estimator rejects everything
+    return math.inf, torch.ones(
+        n_classes, device=o.device
+    )  # no threshold: the estimator rejects everything
+
 
 # %% [markdown]
 # ### The estimator at test time
@@ -434,15 +533,25 @@ def find_q_min(q_tilde: torch.Tensor, o: torch.Tensor, y: torch.Tensor, alpha: f
 # $\tilde q$ lies below the test point's centroid $\tilde q$ (the official code's convention, capped
 # at $|D_{ca}|_{y=c} - 1$):
 
+
 # %%
-def sdm_estimator(v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, cal: dict
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def sdm_estimator(
+    v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, cal: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
     """p_hat(y_hat | x)_lower and the admission decision, for quantile vectors v (N, C)."""
     q_tilde, _ = rescale(v, q, pred, cal["w_rescale"])  # centroid
-    n_hat = torch.stack([torch.clamp((ecdf(ref, q_tilde) * ref.numel()).floor(), max=ref.numel() - 1)
-                         for ref in cal["q_tilde_cdfs"]], dim=1)  # (N, C)
-    eps = torch.where(n_hat > 0, torch.sqrt(math.log(2 / (1 - cfg.alpha)) / (2 * n_hat.clamp(min=1))),
-                      torch.ones_like(n_hat))
+    n_hat = torch.stack(
+        [
+            torch.clamp((ecdf(ref, q_tilde) * ref.numel()).floor(), max=ref.numel() - 1)
+            for ref in cal["q_tilde_cdfs"]
+        ],
+        dim=1,
+    )  # (N, C)
+    eps = torch.where(
+        n_hat > 0,
+        torch.sqrt(math.log(2 / (1 - cfg.alpha)) / (2 * n_hat.clamp(min=1))),
+        torch.ones_like(n_hat),
+    )
     is_pred = torch.nn.functional.one_hot(pred, v.shape[1]).bool()
     v_lower = torch.where(is_pred, v - eps, v + eps).clamp(0, 1)
     q_lower, o_lower = rescale(v_lower, q, pred, cal["w_rescale"])
@@ -450,6 +559,7 @@ def sdm_estimator(v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, cal: dic
     singleton = above.gather(1, pred[:, None]).squeeze(1) & (above.sum(1) == 1)
     admit = (q_lower.floor() >= 1) & (q_lower >= cal["q_min"]) & singleton
     return o_lower.gather(1, pred[:, None]).squeeze(1), admit
+
 
 # %% [markdown]
 # ### Baselines
@@ -459,12 +569,14 @@ def sdm_estimator(v: torch.Tensor, q: torch.Tensor, pred: torch.Tensor, cal: dic
 # $D_{ca}$ (a grid search over $T \in [0.05, 20]$). Each admits a point when its top probability is
 # at least $\alpha'$.
 
+
 # %%
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
     """The T on a log grid that minimises the NLL of softmax(logits / T) on labelled data."""
     grid = torch.logspace(math.log10(0.05), math.log10(20.0), 400)
     nll = torch.stack([torch.nn.functional.cross_entropy(logits / t, y) for t in grid])
     return grid[nll.argmin().item()].item()
+
 
 # %% [markdown]
 # ## Checks
@@ -477,8 +589,10 @@ z = 3 * torch.randn(64, 10, generator=gen)
 e_minus_2, one = torch.full((64,), math.e - 2), torch.ones(64)
 torch.testing.assert_close(sdm_activation(z, e_minus_2, one), torch.softmax(z, dim=1))
 y = torch.randint(0, 10, (64,), generator=gen)
-torch.testing.assert_close(-sdm_log_prob(z, e_minus_2, one).gather(1, y[:, None]).mean(),
-                           torch.nn.functional.cross_entropy(z, y))
+torch.testing.assert_close(
+    -sdm_log_prob(z, e_minus_2, one).gather(1, y[:, None]).mean(),
+    torch.nn.functional.cross_entropy(z, y),
+)
 print("claim 1: softmax and cross-entropy recovered at q = e - 2, d = 1")
 
 # %% [markdown]
@@ -497,8 +611,9 @@ for i, qv in enumerate(q_grid):
         powers = (2 + qv.double()) ** (dv.double() * z.double())
         torch.testing.assert_close(out, (powers / powers.sum(1, keepdim=True)).float())
 assert (top.diff(dim=0) >= -1e-7).all() and (top.diff(dim=1) >= -1e-7).all()
-torch.testing.assert_close(sdm_activation(z, torch.full((64,), 7.0), torch.zeros(64)),
-                           torch.full((64, 10), 0.1))
+torch.testing.assert_close(
+    sdm_activation(z, torch.full((64,), 7.0), torch.zeros(64)), torch.full((64, 10), 0.1)
+)
 print("claims 2-3: argmax kept, sharper in q and d, uniform at d = 0")
 
 # %% [markdown]
@@ -512,7 +627,7 @@ pred_tr = torch.where(torch.rand(40, generator=gen) < 0.8, y_tr, 1 - y_tr)
 pred = torch.randint(0, 2, (7,), generator=gen)
 q, d_near = similarity_and_distance(e, pred, e_tr, pred_tr, y_tr, max_q=40)
 for n in range(7):
-    order = torch.argsort(torch.cdist(e[n:n + 1], e_tr)[0])
+    order = torch.argsort(torch.cdist(e[n : n + 1], e_tr)[0])
     run = 0
     while run < 40 and pred_tr[order[run]] == pred[n] == y_tr[order[run]]:
         run += 1
@@ -520,9 +635,12 @@ for n in range(7):
     assert math.isclose(d_near[n].item(), (e[n] - e_tr).norm(dim=1).min().item(), rel_tol=1e-5)
 reference = torch.sort(torch.rand(50, generator=gen)).values
 x = torch.rand(20, generator=gen) * 1.2
-expected = np.where(x.numpy() >= reference[-1].item(), 1.0, (reference.numpy()[None] < x.numpy()[:, None]).mean(1))
+expected = np.where(
+    x.numpy() >= reference[-1].item(), 1.0, (reference.numpy()[None] < x.numpy()[:, None]).mean(1)
+)
 np.testing.assert_allclose(ecdf(reference, x).numpy(), expected, rtol=0, atol=1e-7)
 print("similarity and eCDF match brute force")
+checks_passed = True  # every assert of this section passed
 
 # %% [markdown]
 # ## Experiment
@@ -540,19 +658,24 @@ print("similarity and eCDF match brute force")
 # layer is $h$. Softmax and temperature scaling use its logits. The SDM adaptor sits on the same
 # frozen $h$. Each seed redraws the split, the networks' initialisation and the noise.
 #
-# :::{warning}
-# We first ran the eight-way task "which digit, 0–7?". With about 70 calibration images per class
-# the DKW band of {eq}`eq-sdm-activation-dkw` is so wide that, against seven competing classes,
-# $\hat p_{\text{lower}}$ never reached the thresholds $\psi_c$: the estimator rejected every test
-# point, in distribution too. A binary task gives each class several hundred calibration points,
-# the regime of the paper (exercise 2 goes back to many classes).
+# :::{note}
+# Why binary and not "which digit, 0–7?": the DKW band of {eq}`eq-sdm-activation-dkw` shrinks
+# only with the number of calibration points per class. The eight-way task would leave about
+# {glue:text}`cal_per_class_8` per class, so $\epsilon_c \ge$ {glue:text}`eps_cal_8` even for a
+# point comparable to all of them, against {glue:text}`eps_cal` for the
+# {glue:text}`cal_per_class` per class of the binary task, the regime of the paper's binary
+# experiments. Exercise 2 runs the eight-way task.
 # :::
 
 # %%
-print(f"alpha' = {cfg.alpha}, seeds {cfg.seed}..{cfg.seed + cfg.n_seeds - 1}, "
-      f"noise levels {cfg.noise_levels}")
-print(f"underlying MLP 64-128-2: {cfg.base_steps} Adam steps; adaptor 128-{cfg.exemplar_dim}-2: "
-      f"{cfg.epochs} epochs of 10 steps; q counted up to {cfg.max_q} neighbours")
+print(
+    f"alpha' = {cfg.alpha}, seeds {cfg.seed}..{cfg.seed + cfg.n_seeds - 1}, "
+    f"noise levels {cfg.noise_levels}"
+)
+print(
+    f"underlying MLP 64-128-2: {cfg.base_steps} Adam steps; adaptor 128-{cfg.exemplar_dim}-2: "
+    f"{cfg.epochs} epochs of 10 steps; q counted up to {cfg.max_q} neighbours"
+)
 
 # %% [markdown]
 # The data and the underlying network:
@@ -570,14 +693,19 @@ def split(run_seed: int) -> dict[str, torch.Tensor]:
     known = torch.where(Y_ALL < 8)[0]
     perm = known[torch.randperm(known.numel(), generator=runtime.stream(run_seed, "split"))]
     n_tr, n_ca = int(0.4 * perm.numel()), int(0.4 * perm.numel())
-    return {"train": perm[:n_tr], "cal": perm[n_tr:n_tr + n_ca], "test": perm[n_tr + n_ca:],
-            "held_out": torch.where(Y_ALL >= 8)[0]}
+    return {
+        "train": perm[:n_tr],
+        "cal": perm[n_tr : n_tr + n_ca],
+        "test": perm[n_tr + n_ca :],
+        "held_out": torch.where(Y_ALL >= 8)[0],
+    }
 
 
 def train_base(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.nn.Sequential:
     """The underlying network: an MLP 64-128-2 trained with cross-entropy (full batch, Adam)."""
-    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
-                              torch.nn.Linear(128, N_CLASSES)).to(cfg.device)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, N_CLASSES)
+    ).to(cfg.device)
     init_from(gen, net[0], net[2])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(cfg.base_steps):
@@ -586,10 +714,12 @@ def train_base(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.
         opt.step()
     return net
 
+
 # %% [markdown]
 # One seed: train both networks, calibrate everything on $D_{ca}$, and score each estimator on
 # every test set. For each estimator we keep, per test set, the labels, the predictions, a
 # confidence and the admission decisions, so that the accuracies can be pooled over seeds.
+
 
 # %%
 def calibrate(g, fc, h_tr, y_tr, h_ca, y_ca, gen) -> dict:
@@ -598,7 +728,9 @@ def calibrate(g, fc, h_tr, y_tr, h_ca, y_ca, gen) -> dict:
     cal = {"e_tr": e_tr, "pred_tr": fc(e_tr).argmax(1), "y_tr": y_tr}
     e_ca = g(h_ca)
     z_ca = fc(e_ca)
-    q_ca, d_near_ca = similarity_and_distance(e_ca, z_ca.argmax(1), e_tr, cal["pred_tr"], y_tr, cfg.max_q)
+    q_ca, d_near_ca = similarity_and_distance(
+        e_ca, z_ca.argmax(1), e_tr, cal["pred_tr"], y_tr, cfg.max_q
+    )
     cal["distance_cdfs"] = distance_cdfs(d_near_ca, q_ca, y_ca, N_CLASSES)
     sdm_ca = sdm_activation(z_ca, q_ca, distance_quantile(d_near_ca, cal["distance_cdfs"]))
     cal["output_cdfs"] = [torch.sort(sdm_ca[y_ca == c, c]).values for c in range(N_CLASSES)]
@@ -610,17 +742,21 @@ def calibrate(g, fc, h_tr, y_tr, h_ca, y_ca, gen) -> dict:
     cal["q_min"], cal["psi"] = find_q_min(q_tilde, o, y_ca, cfg.alpha)
     return cal
 
+
 # %%
 def sdm_predict(g, fc, h: torch.Tensor, cal: dict) -> dict[str, torch.Tensor]:
     """Prediction, raw SDM output and the lower estimator with its admission, for features h."""
     e = g(h)
     z = fc(e)
     pred = z.argmax(1)
-    q, d_near = similarity_and_distance(e, pred, cal["e_tr"], cal["pred_tr"], cal["y_tr"], cfg.max_q)
+    q, d_near = similarity_and_distance(
+        e, pred, cal["e_tr"], cal["pred_tr"], cal["y_tr"], cfg.max_q
+    )
     out = sdm_activation(z, q, distance_quantile(d_near, cal["distance_cdfs"]))
     q = torch.where(out.argmax(1) == pred, q, torch.zeros_like(q))  # a flip (d = 0) means OOD
     p_lower, admit = sdm_estimator(quantile_vector(out, cal["output_cdfs"]), q, pred, cal)
     return {"pred": pred, "sdm": out.max(1).values, "p_lower": p_lower, "admit": admit}
+
 
 # %%
 ESTIMATORS = ("softmax", "temperature", "sdm activation", "sdm lower")
@@ -635,13 +771,27 @@ def score_sets(net, g, fc, cal, temperature, test_sets) -> dict:
         probs = torch.softmax(net(x), dim=1)
         scaled = torch.softmax(net(x) / temperature, dim=1)
         sdm = sdm_predict(g, fc, h, cal)
-        rows = {"softmax": (probs.argmax(1), probs.max(1).values, probs.max(1).values >= cfg.alpha),
-                "temperature": (scaled.argmax(1), scaled.max(1).values, scaled.max(1).values >= cfg.alpha),
-                "sdm activation": (sdm["pred"], sdm["sdm"], sdm["sdm"] >= cfg.alpha),
-                "sdm lower": (sdm["pred"], sdm["p_lower"], sdm["admit"])}
-        out[name] = {est: {"y": y.cpu().numpy(), "pred": p.cpu().numpy(), "conf": c.cpu().numpy(),
-                           "admit": a.cpu().numpy()} for est, (p, c, a) in rows.items()}
+        rows = {
+            "softmax": (probs.argmax(1), probs.max(1).values, probs.max(1).values >= cfg.alpha),
+            "temperature": (
+                scaled.argmax(1),
+                scaled.max(1).values,
+                scaled.max(1).values >= cfg.alpha,
+            ),
+            "sdm activation": (sdm["pred"], sdm["sdm"], sdm["sdm"] >= cfg.alpha),
+            "sdm lower": (sdm["pred"], sdm["p_lower"], sdm["admit"]),
+        }
+        out[name] = {
+            est: {
+                "y": y.cpu().numpy(),
+                "pred": p.cpu().numpy(),
+                "conf": c.cpu().numpy(),
+                "admit": a.cpu().numpy(),
+            }
+            for est, (p, c, a) in rows.items()
+        }
     return out
+
 
 # %%
 def run_seed(run_seed: int) -> dict:
@@ -662,8 +812,12 @@ def run_seed(run_seed: int) -> dict:
         noise = torch.randn(idx["test"].numel(), 64, generator=noise_gen).to(cfg.device)
         test_sets[f"noise {sigma}"] = ((x[idx["test"]] + sigma * noise).clamp(0, 1), y[idx["test"]])
     test_sets["held-out digits"] = (x[idx["held_out"]], y[idx["held_out"]])
-    return {"sets": score_sets(net, g, fc, cal, temperature, test_sets), "q_min": cal["q_min"],
-            "temperature": temperature}
+    return {
+        "sets": score_sets(net, g, fc, cal, temperature, test_sets),
+        "q_min": cal["q_min"],
+        "temperature": temperature,
+    }
+
 
 # %% tags=["nbval-ignore-output", "remove-stderr"]
 from tqdm import tqdm
@@ -678,209 +832,335 @@ for s, run in zip(range(cfg.seed, cfg.seed + cfg.n_seeds), runs, strict=True):
     print(f"seed {s}: q_min = {report.sig(run['q_min'])}, T = {report.sig(run['temperature'])}")
 
 # %% [markdown]
-# We pool each estimator's test points over seeds and compute the admitted-set accuracies with
-# `noisefit_lib.metrics`; coverage is also averaged per seed with a 95 % interval. Everything goes
-# to the results file:
+# Every test point of every seed goes into one tidy table, a row per (seed, test set, estimator,
+# point). From it we compute, per seed and per test set, each estimator's admitted-set
+# accuracies with `noisefit_lib.metrics.admitted_set_accuracy`: the marginal accuracy and the
+# paper's criterion, the class-conditional accuracy (among admitted points of true class $c$) and
+# the prediction-conditional accuracy (among admitted points predicted $c$), of which we keep the
+# lowest. The per-seed table goes to the results file:
 
 # %%
-def summarise(runs: list[dict]) -> dict:
-    """Pooled admitted-set accuracies and per-seed coverage, per test set and estimator."""
-    summary = {}
-    for name in runs[0]["sets"]:
-        summary[name] = {}
-        for est in ESTIMATORS:
-            parts = [run["sets"][name][est] for run in runs]
-            pooled = {k: np.concatenate([p[k] for p in parts]) for k in ("y", "pred", "admit")}
-            acc = metrics.admitted_set_accuracy(pooled["y"], pooled["pred"], pooled["admit"], N_CLASSES)
-            coverage = [metrics.selective_accuracy(p["y"] == p["pred"], p["admit"])[1] for p in parts]
-            summary[name][est] = {**acc, "coverage_seeds": coverage,
-                                  "accuracy_all": float((pooled["y"] == pooled["pred"]).mean())}
-    return summary
+SEEDS = range(cfg.seed, cfg.seed + cfg.n_seeds)
+points = pd.concat(
+    [
+        pd.DataFrame(arrays).assign(seed=s, **{"test set": name, "estimator": est})
+        for s, run in zip(SEEDS, runs, strict=True)
+        for name, by_estimator in run["sets"].items()
+        for est, arrays in by_estimator.items()
+    ],
+    ignore_index=True,
+)
 
 
-summary = summarise(runs)
-results_path = runtime.runs_dir() / cfg.chapter / f"{cfg.preset}-seed{cfg.seed}.json"
-runtime.write_results(results_path, {"summary": summary, "q_min": [r["q_min"] for r in runs],
-                                     "temperature": [r["temperature"] for r in runs]}, cfg)
-print("results written to", results_path.relative_to(results_path.parents[1]))
+def admitted_set(group: pd.DataFrame) -> pd.Series:
+    """Accuracy of all points, and coverage and accuracies of the admitted set, of one group."""
+    acc = metrics.admitted_set_accuracy(group["y"], group["pred"], group["admit"], N_CLASSES)
+    return pd.Series(
+        {
+            "accuracy, all points": float((group["y"] == group["pred"]).mean()),
+            "admitted": acc["n_admitted"],
+            "coverage": acc["coverage"],
+            "admitted accuracy": acc["accuracy"],
+            "min conditional accuracy": acc["min_conditional_acc"],
+        }
+    )
+
+
+KEYS = ["test set", "estimator"]
+per_seed = points.groupby([*KEYS, "seed"], sort=False).apply(admitted_set).reset_index()
+_ = records.save(
+    cfg,
+    {
+        "per_seed": per_seed,
+        "q_min": [r["q_min"] for r in runs],
+        "temperature": [r["temperature"] for r in runs],
+    },
+)
 
 # %% [markdown]
 # ## Results
 #
-# {numref}`fig-sdm-activation-shift` shows, against the noise level, the accuracy of each
-# estimator's admitted set (pooled over seeds, with a 95 % Wilson interval over the admitted
-# points) and the fraction of points it admits. A missing point means that nothing was admitted.
+# ### The verdict rule
+#
+# The paper's guarantee is about each admitted set: its lowest class- or prediction-conditional
+# accuracy is at least $\alpha'$, or nothing is admitted. The effect we judge is that lowest
+# conditional accuracy minus $\alpha'$, one value per seed (a trained and calibrated estimator),
+# averaged over the seeds that admitted anything (a seed that admits nothing meets the guarantee
+# and has no accuracy), with its 95 % t-interval over those seeds. For the SDM estimator the
+# paper's side is a positive effect: *reproduced* when the interval lies above zero,
+# *contradicted* when it lies below. For the two baselines the paper says the effect is negative
+# under shift. The smallest effect of interest is $0.05$: an admitted set at $0.90$ instead of
+# $0.95$ makes twice the errors the user asked for, and smaller shortfalls are within a few
+# errors at our set sizes. When no seed admitted anything, the guarantee holds exactly for the
+# SDM estimator (*holds*), and the baselines' claim is not tested. The same function computes
+# the verdicts of a committed `full` run.
 
 # %%
-def wilson(successes: float, n: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion (NaNs for n = 0)."""
-    if n == 0:
-        return math.nan, math.nan
-    p, z2 = successes / n, 1.96**2
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = 1.96 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return centre - half, centre + half
+SESOI = 0.05
 
 
-print(wilson(19, 20))
+def guarantee_verdicts(per_seed: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per test set and estimator: lowest conditional accuracy minus alpha, and the verdict."""
+    admitting = per_seed[per_seed["admitted"] > 0]
+    margin = admitting.assign(margin=admitting["min conditional accuracy"] - alpha)
+    effects = stats.summarise(margin, "margin", by=KEYS)
+    table = per_seed[KEYS].drop_duplicates().merge(effects, on=KEYS, how="left")
 
-# %% mystnb={"figure": {"caption": "Left: accuracy of the admitted set against the standard deviation of the added pixel noise (pooled over seeds; bands: 95 % Wilson intervals); the dotted line is the target alpha' = 0.95. Right: fraction of test points admitted (mean over seeds, bands: 95 % t-intervals). Digits 0-7, odd vs even; an MLP's softmax and temperature scaling versus the SDM activation and the calibrated SDM estimator p_lower.", "name": "fig-sdm-activation-shift"}}
+    def verdict(row: pd.Series) -> str:
+        guaranteed = row["estimator"] == "sdm lower"
+        if pd.isna(row["mean"]):  # no seed admitted anything
+            return verdicts.check(True) if guaranteed else verdicts.not_tested("nothing admitted")
+        expected = "increase" if guaranteed or row["test set"] == CLEAN else "decrease"
+        return verdicts.judge(stats.estimate_of(row), expected=expected, sesoi=SESOI)
+
+    return table.assign(n=table["n"].fillna(0).astype(int), verdict=table.apply(verdict, axis=1))
+
+
 sigmas = cfg.noise_levels
+CLEAN, WORST, OOD = f"noise {sigmas[0]}", f"noise {sigmas[-1]}", "held-out digits"
+SHIFTED = [name for name in runs[0]["sets"] if name != CLEAN]
+NOISE_SETS = [f"noise {s}" for s in sigmas]
+book = guarantee_verdicts(per_seed, cfg.alpha)
+cells = book.assign(
+    cell=[f"{stats.estimate_of(r).text(2)} {r['verdict']}" for _, r in book.iterrows()]
+)
+report.show_table(
+    cells.pivot(index="test set", columns="estimator", values="cell")
+    .loc[[CLEAN, *SHIFTED], list(ESTIMATORS)]
+    .reset_index()
+)
+
+# %% [markdown]
+# Each cell: the margin (lowest conditional accuracy minus $\alpha'$) and its verdict. The
+# words read against each column's claim. For the SDM estimator ($\hat p_{\text{lower}}$) the
+# claim is the guarantee, so *contradicted* means its admitted set falls below $\alpha'$. For
+# the softmax, temperature scaling and the bare SDM activation, all plain thresholds at
+# $\alpha'$, the paper's claim under shift is that they fall below it, so *reproduced* means they
+# do; in distribution every estimator is expected to keep the target.
+#
+# {numref}`fig-sdm-activation-shift` shows, against the noise level, the quantity these
+# verdicts rest on and the fraction of points each estimator admits, both over seeds.
+
+# %%
+coverage = stats.summarise(per_seed, "coverage", by=KEYS)
 fig, (ax_acc, ax_cov) = plt.subplots(1, 2, figsize=(10, 3.6))
 for i, est in enumerate(ESTIMATORS):
-    rows = [summary[f"noise {s}"][est] for s in sigmas]
-    acc = [r["accuracy"] for r in rows]
-    bands = [wilson(r["accuracy"] * r["n_admitted"], r["n_admitted"]) if r["n_admitted"] else
-             (math.nan, math.nan) for r in rows]
-    ax_acc.plot(sigmas, acc, label=est, **plotting.style(i))
-    ax_acc.fill_between(sigmas, [b[0] for b in bands], [b[1] for b in bands], color=plotting.style(i)["color"], alpha=0.15)
-    cov = [stats.mean_ci(r["coverage_seeds"]) for r in rows]
-    ax_cov.plot(sigmas, [c[0] for c in cov], label=est, **plotting.style(i))
-    if cfg.n_seeds > 1:
-        ax_cov.fill_between(sigmas, [c[0] - c[1] for c in cov], [c[0] + c[1] for c in cov],
-                            color=plotting.style(i)["color"], alpha=0.15)
+    for ax, frame in ((ax_acc, book), (ax_cov, coverage)):
+        rows = frame[frame["estimator"] == est].set_index("test set").loc[NOISE_SETS]
+        shift = cfg.alpha if ax is ax_acc else 0.0  # the margin back to an accuracy
+        ax.plot(sigmas, rows["mean"] + shift, label=est, **plotting.style(i))
+        band = rows["low"] + shift, rows["high"] + shift
+        ax.fill_between(sigmas, *band, color=plotting.style(i)["color"], alpha=0.15)
 ax_acc.axhline(cfg.alpha, color="grey", linestyle=":", linewidth=1)
-ax_acc.set_ylabel("accuracy of admitted points")
+ax_acc.set_ylabel("lowest conditional accuracy\nof admitted points")
 ax_cov.set_ylabel("fraction admitted")
 for ax in (ax_acc, ax_cov):
     ax.set_xlabel("pixel noise std σ (pixel values in [0, 1])")
 ax_acc.legend()
-plt.show()
+report.glue_figure("fig-sdm-activation-shift", fig)
 
 # %% [markdown]
-# The table gives, for the clean test set, the strongest noise and the held-out digits: the
-# overall accuracy of the predictions, and for each estimator's admitted set its accuracy, its
-# lowest class- or prediction-conditional accuracy (the paper's criterion) and the fraction
-# admitted.
+# ```{glue:figure} fig-sdm-activation-shift
+# :name: fig-sdm-activation-shift
+#
+# Left: the lowest class- or prediction-conditional accuracy of the admitted set (the paper's
+# criterion) against the standard deviation of the added pixel noise; mean and 95 % t-interval
+# over the seeds that admitted anything (a missing point: no seed did). The dotted line is the
+# target alpha' = 0.95. Right: fraction of test points admitted (mean and 95 % t-interval over
+# seeds). Digits 0-7, odd vs even; an MLP's softmax and temperature scaling versus the SDM
+# activation and the calibrated SDM estimator p_lower.
+# ```
+#
+# The table gives, for the clean test set, the strongest noise and the held-out digits, the
+# same accuracies with the test points of all seeds pooled: they describe these
+# {glue:text}`n_seeds` trained models on these test sets, not the spread over trainings. The
+# fraction admitted is the mean over seeds with its 95 % interval.
 
 # %%
-table_sets = [f"noise {sigmas[0]}", f"noise {sigmas[-1]}", "held-out digits"]
-rows = []
-for name in table_sets:
-    for est in ESTIMATORS:
-        r = summary[name][est]
-        cov, cov_ci = stats.mean_ci(r["coverage_seeds"])
-        rows.append({"test set": name, "estimator": est, "accuracy, all points": r["accuracy_all"],
-                     "admitted accuracy": r["accuracy"], "min conditional accuracy": r["min_conditional_acc"],
-                     "admitted": r["n_admitted"], "fraction admitted": f"{report.sig(cov, 3)} ± {report.sig(cov_ci, 2)}"})
-report.show_table(rows)
+TABLE_SETS = [CLEAN, WORST, OOD]
+pooled = points.groupby(KEYS, sort=False).apply(admitted_set).reset_index()
+shown = pooled.merge(coverage, on=KEYS).set_index("test set").loc[TABLE_SETS].reset_index()
+shown["fraction admitted"] = [stats.estimate_of(row).text() for _, row in shown.iterrows()]
+report.show_table(shown.drop(columns=["coverage", "mean", "low", "high", "n"]))
 
 # %% [markdown]
 # Calibration in the usual sense, for reference: the expected calibration error (15 bins) of each
 # estimator's confidence over *all* test points, and the AUROC of that confidence for telling its
 # right predictions from its wrong ones, pooled over seeds:
 
-# %%
-rows = []
-for name in table_sets:
-    row = {"test set": name}
-    for est in ESTIMATORS:
-        parts = [run["sets"][name][est] for run in runs]
-        conf = np.concatenate([p["conf"] for p in parts])
-        right = np.concatenate([p["y"] == p["pred"] for p in parts])
-        row[f"ECE {est}"] = metrics.expected_calibration_error(conf, right)
-        row[f"AUROC {est}"] = metrics.auroc(conf, right) if 0 < right.mean() < 1 else math.nan
-    rows.append(row)
-report.show_table(rows, digits=3)
-ece_clean = {est: rows[0][f"ECE {est}"] for est in ESTIMATORS}
-
-# %% [markdown]
-# The verdicts, in code. An estimator *holds* on a test set when its admitted set's pooled
-# accuracy and every conditional accuracy are at least $\alpha'$, or it admits nothing.
 
 # %%
-def holds(r: dict) -> bool:
-    """Admitted accuracy and every conditional accuracy >= alpha', or nothing admitted."""
-    return r["n_admitted"] == 0 or (r["accuracy"] >= cfg.alpha and r["min_conditional_acc"] >= cfg.alpha)
+def calibration(group: pd.DataFrame) -> pd.Series:
+    """ECE and AUROC of the confidence for right vs wrong predictions, over one group's points."""
+    right = group["y"] == group["pred"]
+    auroc = metrics.auroc(group["conf"], right) if 0 < right.mean() < 1 else math.nan
+    return pd.Series(
+        {"ECE": metrics.expected_calibration_error(group["conf"], right), "AUROC": auroc}
+    )
 
 
-shifted = [f"noise {s}" for s in sigmas[1:]] + ["held-out digits"]
-held = {est: sum(holds(summary[name][est]) for name in shifted) for est in ESTIMATORS}
-for est in ESTIMATORS:
-    print(f"{est:15s} holds on {held[est]} of {len(shifted)} shifted sets; "
-          f"in distribution: {holds(summary[table_sets[0]][est])}")
-worst_acc = {est: summary[table_sets[1]][est]["accuracy"] for est in ESTIMATORS}
-best_baseline = max(held["softmax"], held["temperature"])
-verdict_baselines = ("reproduced" if best_baseline < len(shifted) else "not at this scale")
-verdict_sdm = ("reproduced" if held["sdm lower"] == len(shifted) else
-               "direction only" if held["sdm lower"] > best_baseline and
-               worst_acc["sdm lower"] > max(worst_acc["softmax"], worst_acc["temperature"])
-               else "contradicted")
-clean_sdm = summary[table_sets[0]]["sdm lower"]
-verdict_id = ("contradicted" if not holds(clean_sdm) else "reproduced"
-              if np.mean(clean_sdm["coverage_seeds"]) >= 0.5 else "direction only")
-for key, value in (("verdict_baselines", verdict_baselines), ("sdm_verdict", verdict_sdm),
-                   ("verdict_id", verdict_id)):
-    print(key, "=", report.glue(key, value))
+calib = points[points["test set"].isin(TABLE_SETS)].groupby(KEYS, sort=False).apply(calibration)
+calib = calib.unstack("estimator")[["ECE", "AUROC"]].loc[TABLE_SETS]
+calib.columns = [f"{m} {est}" for m, est in calib.columns]
+report.show_table(calib.reset_index(), digits=3)
+
 
 # %% [markdown]
 # The numbers quoted below:
 
+
 # %%
-clean, worst, ood = (summary[name] for name in table_sets)
-cal_per_class = round(0.4 * int((Y_ALL < 8).sum()) / N_CLASSES)
-glued = {"n_seeds": cfg.n_seeds, "sigma_max": sigmas[-1], "n_shifted": len(shifted),
-         "acc_clean": clean["softmax"]["accuracy_all"], "acc_worst": worst["softmax"]["accuracy_all"],
-         "acc_ood": ood["softmax"]["accuracy_all"],
-         "softmax_acc_worst": worst["softmax"]["accuracy"], "temp_acc_worst": worst["temperature"]["accuracy"],
-         "sdm_acc_worst": worst["sdm lower"]["accuracy"], "sdm_minacc_worst": worst["sdm lower"]["min_conditional_acc"],
-         "softmax_cov_worst": np.mean(worst["softmax"]["coverage_seeds"]),
-         "softmax_ood_admitted": np.mean(ood["softmax"]["coverage_seeds"]),
-         "softmax_ood_acc": ood["softmax"]["accuracy"], "temp_ood_acc": ood["temperature"]["accuracy"],
-         "temp_ood_admitted": np.mean(ood["temperature"]["coverage_seeds"]),
-         "sdm_ood_admitted": np.mean(ood["sdm lower"]["coverage_seeds"]), "sdm_ood_acc": ood["sdm lower"]["accuracy"],
-         "sdm_acc_clean": clean["sdm lower"]["accuracy"], "sdm_cov_clean": np.mean(clean["sdm lower"]["coverage_seeds"]),
-         "sdm_cov_worst": np.mean(worst["sdm lower"]["coverage_seeds"]),
-         "sdm_minacc_clean": clean["sdm lower"]["min_conditional_acc"],
-         "sdmact_acc_worst": worst["sdm activation"]["accuracy"],
-         "held_softmax": held["softmax"], "held_temp": held["temperature"], "held_sdm": held["sdm lower"],
-         "held_sdmact": held["sdm activation"], "ece_softmax": ece_clean["softmax"],
-         "ece_temp": ece_clean["temperature"], "cal_per_class": cal_per_class,
-         "eps_cal": math.sqrt(math.log(2 / (1 - cfg.alpha)) / (2 * cal_per_class))}
-for key, value in glued.items():  # counts are glued as strings, so that they print as integers
-    print(key, "=", report.glue(key, str(value) if isinstance(value, int) else value))
+def at(frame: pd.DataFrame, name: str, est: str, column: str = "mean"):
+    """One cell of a table with a row per (test set, estimator)."""
+    return frame[(frame["test set"] == name) & (frame["estimator"] == est)][column].item()
+
+
+def estimate(frame: pd.DataFrame, name: str, est: str) -> stats.Estimate:
+    """The estimate in the row of (test set, estimator)."""
+    return stats.estimate_of(
+        frame[(frame["test set"] == name) & (frame["estimator"] == est)].iloc[0]
+    )
+
+
+n_cal = 0.4 * int((Y_ALL < 8).sum())  # calibration images (40 % of digits 0-7)
+below = book[book["test set"].isin(SHIFTED) & (book["high"] < 0)]  # reliably below alpha'
+
+glued = {
+    "n_seeds": cfg.n_seeds,
+    "sigma_max": sigmas[-1],
+    "n_shifted": len(SHIFTED),
+    "sesoi": SESOI,
+    "acc_clean": at(pooled, CLEAN, "softmax", "accuracy, all points"),
+    "acc_worst": at(pooled, WORST, "softmax", "accuracy, all points"),
+    "acc_ood": at(pooled, OOD, "softmax", "accuracy, all points"),
+    "ece_softmax": calib.loc[CLEAN, "ECE softmax"],
+    "ece_temp": calib.loc[CLEAN, "ECE temperature"],
+    "cal_per_class": round(n_cal / N_CLASSES),
+    "eps_cal": math.sqrt(math.log(2 / (1 - cfg.alpha)) / (2 * round(n_cal / N_CLASSES))),
+    "cal_per_class_8": round(n_cal / 8),
+    "eps_cal_8": math.sqrt(math.log(2 / (1 - cfg.alpha)) / (2 * round(n_cal / 8))),
+}
+for tag, est in (
+    ("softmax", "softmax"),
+    ("temp", "temperature"),
+    ("sdm", "sdm lower"),
+    ("sdmact", "sdm activation"),
+):
+    for where, name in (("clean", CLEAN), ("worst", WORST), ("ood", OOD)):
+        glued |= {
+            f"{tag}_cov_{where}": at(coverage, name, est),
+            f"{tag}_acc_{where}": at(pooled, name, est, "admitted accuracy"),
+            f"{tag}_minacc_{where}": at(pooled, name, est, "min conditional accuracy"),
+            f"{tag}_margin_{where}": estimate(book, name, est),
+        }
+    glued[f"below_{tag}"] = int((below["estimator"] == est).sum())
+_ = report.glue_all(glued)
 
 # %% [markdown]
 # In distribution the underlying MLP is right on {glue:text}`acc_clean` of the test points, and
 # temperature scaling does its job there: it lowers the expected calibration error from
-# {glue:text}`ece_softmax` to {glue:text}`ece_temp`. At $\sigma =$ {glue:text}`sigma_max` the MLP is
-# right only on {glue:text}`acc_worst` of the points. The softmax threshold still admits
-# {glue:text}`softmax_cov_worst` of them, and they are right {glue:text}`softmax_acc_worst` of the
-# time (temperature scaling: {glue:text}`temp_acc_worst`). On the digits 8 and 9, never seen in
-# training, the MLP's parity guesses are right on {glue:text}`acc_ood`: the softmax admits
-# {glue:text}`softmax_ood_admitted` of these images at accuracy {glue:text}`softmax_ood_acc`
-# (temperature scaling: {glue:text}`temp_ood_admitted` at {glue:text}`temp_ood_acc`).
+# {glue:text}`ece_softmax` to {glue:text}`ece_temp`. At $\sigma =$ {glue:text}`sigma_max` the
+# MLP is right only on {glue:text}`acc_worst` of the points. The softmax threshold still admits
+# {glue:text}`softmax_cov_worst` of them, right {glue:text}`softmax_acc_worst` of the time, with
+# a lowest conditional accuracy of {glue:text}`softmax_minacc_worst` (temperature scaling:
+# {glue:text}`temp_acc_worst` and {glue:text}`temp_minacc_worst`; all pooled over seeds). On the
+# digits 8 and 9, never seen in training, the MLP's parity guesses are right on
+# {glue:text}`acc_ood`: the softmax admits {glue:text}`softmax_cov_ood` of these images at
+# accuracy {glue:text}`softmax_acc_ood`, lowest conditional accuracy
+# {glue:text}`softmax_minacc_ood`.
 #
 # The calibrated SDM estimator admits {glue:text}`sdm_cov_clean` of the clean test points, at
-# accuracy {glue:text}`sdm_acc_clean` (lowest conditional accuracy {glue:text}`sdm_minacc_clean`).
-# Under shift it admits far less: {glue:text}`sdm_cov_worst` of the points at the strongest noise,
-# at accuracy {glue:text}`sdm_acc_worst` (lowest conditional accuracy
-# {glue:text}`sdm_minacc_worst`), and {glue:text}`sdm_ood_admitted` of the held-out digits, at
-# accuracy {glue:text}`sdm_ood_acc`. Over the {glue:text}`n_shifted` shifted sets, the softmax held
-# the target on {glue:text}`held_softmax`, temperature scaling on {glue:text}`held_temp`, the raw
-# SDM activation on {glue:text}`held_sdmact` and the calibrated estimator on {glue:text}`held_sdm`.
+# accuracy {glue:text}`sdm_acc_clean` (lowest conditional accuracy
+# {glue:text}`sdm_minacc_clean`). Under shift it admits far less than the baselines:
+# {glue:text}`sdm_cov_worst` of the points at the strongest noise and
+# {glue:text}`sdm_cov_ood` of the held-out digits, and its marginal accuracy stays higher than
+# theirs ({glue:text}`sdm_acc_worst` at the strongest noise, {glue:text}`sdm_acc_ood` on the
+# held-out digits). The guarantee, though, is about the conditional accuracies, and by that
+# criterion the estimator does not keep it: its lowest conditional accuracy is
+# {glue:text}`sdm_minacc_worst` at the strongest noise, and on the held-out digits
+# {glue:text}`sdm_minacc_ood`, *lower* than the softmax's {glue:text}`softmax_minacc_ood`. Over
+# seeds, the margin to $\alpha'$ is {glue:text}`sdm_margin_worst` at the strongest noise and
+# {glue:text}`sdm_margin_ood` on the held-out digits. Of the {glue:text}`n_shifted` shifted sets,
+# the margin's interval lies entirely below zero on {glue:text}`below_sdm` for the SDM
+# estimator, {glue:text}`below_softmax` for the softmax, {glue:text}`below_temp` for temperature
+# scaling and {glue:text}`below_sdmact` for the bare SDM activation (the verdict table above has
+# every set).
 #
-# So the estimator is much more careful than the baselines, and its admitted accuracy degrades far
-# more slowly, but at this scale it does not keep the guarantee under strong shift. The held-out
-# digits are the hardest case for it: an image of an 8 or a 9 that the frozen network maps among,
-# say, the 3s of the training set gets a high $q$ and a small distance there, so Similarity and
-# Distance can only be as good as the representation they are measured in. (The expected
-# calibration error of $\hat p_{\text{lower}}$ in the table above is large by design: it is a
-# lower bound, near zero for the points it rejects, not a calibrated probability for every point.) The bare
-# activation is not the estimator: thresholding $\operatorname{sdm}(z')$ at $\alpha'$ admits points
-# at accuracy {glue:text}`sdmact_acc_worst` under the strongest noise. What protects the estimator
-# is the chain after it: the class-wise quantiles, the threshold $\tilde q_{\min}$ and the DKW
-# band, which ask that a point resemble enough calibration points that were themselves right.
+# So the estimator is more careful than the baselines, in that it admits a fraction of what they
+# admit, but what it does admit under shift is not right at the rate it promises for every class
+# and every prediction, and on the held-out digits one of its conditional groups is almost always
+# wrong. They are the hardest case for it: an image of an 8 or a 9 that the frozen network maps
+# among, say, the 3s of the training set gets a high $q$ and a small distance there, so
+# Similarity and Distance can only be as good as the representation they are measured in. (The
+# expected calibration error of $\hat p_{\text{lower}}$ in the table above is large by design:
+# it is a lower bound, near zero for the points it rejects, not a calibrated probability for
+# every point.) The bare activation is not the estimator: thresholding $\operatorname{sdm}(z')$
+# at $\alpha'$ admits points at accuracy {glue:text}`sdmact_acc_worst` under the strongest
+# noise. The chain after it (the class-wise quantiles, the threshold $\tilde q_{\min}$ and the
+# DKW band) raises the marginal accuracy of what is admitted, but at this scale not the
+# conditional accuracy that the guarantee is about.
+
+# %% [markdown]
+# The verdicts of the claims, from the verdict table (the committed `full` run, when there is
+# one, through the same functions):
+
+
+# %%
+def claim_verdicts(table: pd.DataFrame) -> dict[str, str]:
+    """The verdicts of Claim 4 from a guarantee_verdicts table (strongest noise: last noise set)."""
+    noise_sets = [name for name in table["test set"].unique() if name.startswith("noise")]
+    where = {"clean": noise_sets[0], "noise": noise_sets[-1], "ood": OOD}
+    pairs = [
+        (tag, est, w)
+        for tag, est in (("softmax", "softmax"), ("temp", "temperature"), ("sdm", "sdm lower"))
+        for w in ("noise", "ood")
+    ] + [("sdm", "sdm lower", "clean")]
+    return {f"{tag}_{w}": at(table, where[w], est, "verdict") for tag, est, w in pairs}
+
+
+full = records.committed(cfg.chapter, "full")
+book_claims = claim_verdicts(book)
+full_claims = dict.fromkeys(book_claims, verdicts.not_tested("no full run committed"))
+if full is not None:
+    full_claims = claim_verdicts(guarantee_verdicts(full.table("per_seed"), full.config["alpha"]))
+final = full_claims if full is not None else book_claims
+_ = report.glue_all(
+    {f"book_verdict_{k}": v for k, v in book_claims.items()}
+    | {f"full_verdict_{k}": v for k, v in full_claims.items()}
+    | {f"verdict_{k}": v for k, v in final.items()}
+    | {"verdict_checks": verdicts.check(checks_passed)}
+    | {"full_status": records.status(full, cfg.chapter, "full")}
+)
+print(final)
 
 # %% [markdown]
 # ## What the paper reports vs what we measured
 #
+# Ours: the lowest conditional accuracy of the admitted set minus $\alpha'$, mean and 95 %
+# interval over the seeds that admitted anything, with the `book` run's verdict in parentheses;
+# the last column is the `full` run's verdict where that run is committed, else the `book` run's.
+#
 # | claim | paper {cite:p}`schmaltz2025sdm` | ours, `book` ({glue:text}`n_seeds` seeds, digits) | ours, `full` | verdict |
 # |---|---|---|---|---|
-# | softmax recovered at $q=e-2$, $d=1$; argmax kept; uniform at $d=0$ | by construction | checked numerically (Claims 1–3) | same code | reproduced |
-# | thresholding softmax or temperature scaling at $\alpha'$ fails under shift | SentimentOOD, $\alpha'=0.95$: class-conditional accuracy for $y=1$ of 0.251 (softmax) and 0.223 (temperature scaling) among admitted documents (Table 1) | held the target on {glue:text}`held_softmax` and {glue:text}`held_temp` of {glue:text}`n_shifted` shifted sets; admitted accuracy {glue:text}`softmax_acc_worst` and {glue:text}`temp_acc_worst` at the strongest noise | {glue:text}`full_baselines` | {glue:text}`verdict_baselines` |
-# | $\hat p_{\text{lower}}$'s admitted set $\ge \alpha'$ or empty under shift | SentimentOOD: rejects every document | held on {glue:text}`held_sdm` of {glue:text}`n_shifted`; {glue:text}`sdm_acc_worst` at the strongest noise | {glue:text}`full_sdm` | {glue:text}`sdm_verdict` |
-# | $\hat p_{\text{lower}}$ stays useful in distribution | Sentiment: admits 0.65 of the test set at marginal accuracy 0.996 | admits {glue:text}`sdm_cov_clean` at {glue:text}`sdm_acc_clean` | {glue:text}`full_sdm_clean` | {glue:text}`verdict_id` |
+# | 1–3. softmax recovered at $q=e-2$, $d=1$; argmax kept; uniform at $d=0$ | by construction | checked numerically | same code | {glue:text}`verdict_checks` |
+# | 4. softmax threshold falls below $\alpha'$ under noise | SentimentOOD, $\alpha'=0.95$: class-conditional accuracy for $y=1$ of 0.251 among admitted documents (Table 1) | {glue:text}`softmax_margin_worst` at $\sigma =$ {glue:text}`sigma_max` ({glue:text}`book_verdict_softmax_noise`) | {glue:text}`full_verdict_softmax_noise` | {glue:text}`verdict_softmax_noise` |
+# | 4. softmax threshold falls below $\alpha'$ on unseen classes | (as above) | {glue:text}`softmax_margin_ood` on digits 8, 9 ({glue:text}`book_verdict_softmax_ood`) | {glue:text}`full_verdict_softmax_ood` | {glue:text}`verdict_softmax_ood` |
+# | 4. temperature scaling falls below $\alpha'$ under noise | SentimentOOD: 0.223 for $y=1$ (Table 1) | {glue:text}`temp_margin_worst` ({glue:text}`book_verdict_temp_noise`) | {glue:text}`full_verdict_temp_noise` | {glue:text}`verdict_temp_noise` |
+# | 4. temperature scaling falls below $\alpha'$ on unseen classes | (as above) | {glue:text}`temp_margin_ood` ({glue:text}`book_verdict_temp_ood`) | {glue:text}`full_verdict_temp_ood` | {glue:text}`verdict_temp_ood` |
+# | 4. $\hat p_{\text{lower}}$'s admitted set $\ge \alpha'$ or empty under noise | SentimentOOD: rejects every document | {glue:text}`sdm_margin_worst` ({glue:text}`book_verdict_sdm_noise`) | {glue:text}`full_verdict_sdm_noise` | {glue:text}`verdict_sdm_noise` |
+# | 4. $\hat p_{\text{lower}}$'s admitted set $\ge \alpha'$ or empty on unseen classes | (as above) | {glue:text}`sdm_margin_ood` ({glue:text}`book_verdict_sdm_ood`) | {glue:text}`full_verdict_sdm_ood` | {glue:text}`verdict_sdm_ood` |
+# | 4. $\hat p_{\text{lower}}$ keeps $\alpha'$ in distribution, and is useful there | Sentiment: admits 0.65 of the test set at marginal accuracy 0.996 | {glue:text}`sdm_margin_clean`, admitting {glue:text}`sdm_cov_clean` ({glue:text}`book_verdict_sdm_clean`) | {glue:text}`full_verdict_sdm_clean` | {glue:text}`verdict_sdm_clean` |
+#
+# **Verdict.** The smallest effect of interest is {glue:text}`sesoi` in accuracy (see *The
+# verdict rule*). The activation's algebra {glue:text}`verdict_checks`. That thresholds at
+# $\alpha'$ fall below it under shift is {glue:text}`verdict_softmax_noise` for the softmax and
+# {glue:text}`verdict_temp_noise` for temperature scaling at the strongest noise, and
+# {glue:text}`verdict_softmax_ood` and {glue:text}`verdict_temp_ood` on the held-out digits
+# (under mild noise they still keep the target: the first rows of the verdict table). The SDM
+# estimator keeps the target in distribution ({glue:text}`verdict_sdm_clean`), but by the
+# paper's own criterion its guarantee under shift is {glue:text}`verdict_sdm_noise` at the
+# strongest noise and {glue:text}`verdict_sdm_ood` on the held-out digits: it is more selective
+# than the baselines, not safe.
 #
 # The paper's numbers are from its Table 1 (the version of the paper in the official repository,
 # `paper/sdm.pdf`), for binary classifiers on top of large pretrained networks; ours are for an
@@ -897,30 +1177,9 @@ for key, value in glued.items():  # counts are glued as strings, so that they pr
 # ## Full-scale results
 #
 # The `full` preset runs 20 seeds with longer training and a wider noise sweep (about two minutes
-# on one GPU). Its results file, once run, is committed next to this chapter
-# (`results/sdm_activation_full.json`) and summarised here; this section never recomputes it.
-
-# %%
-from pathlib import Path
-
-FULL_RESULTS = Path("results/sdm_activation_full.json")
-full = runtime.read_results(FULL_RESULTS) if FULL_RESULTS.is_file() else None
-if full is None:
-    print("The full preset has not been run yet: see 'Running the book' for the command.")
-    full_baselines = full_sdm = full_sdm_clean = "not run yet"
-else:
-    fs = full["results"]["summary"]
-    f_shifted = [k for k in fs if k != f"noise {full['config']['noise_levels'][0]}"]
-    f_held = {est: sum(holds(fs[name][est]) for name in f_shifted) for est in ESTIMATORS}
-    print(f"{full['config']['n_seeds']} seeds, commit {str(full['git_commit'])[:12]}, "
-          f"{full['finished_utc'][:10]}")
-    full_baselines = f"held on {f_held['softmax']} / {f_held['temperature']} of {len(f_shifted)}"
-    full_sdm = f"held on {f_held['sdm lower']} of {len(f_shifted)}"
-    clean_full = fs[f"noise {full['config']['noise_levels'][0]}"]["sdm lower"]
-    full_sdm_clean = f"admits {np.mean(clean_full['coverage_seeds']):.3g} at {clean_full['accuracy']:.3g}"
-_ = report.glue("full_baselines", full_baselines)
-_ = report.glue("full_sdm", full_sdm)
-_ = report.glue("full_sdm_clean", full_sdm_clean)
+# on one GPU). When its results file is committed next to this chapter, the verdicts above are
+# computed from it by the same functions, never recomputed from scratch:
+# {glue:text}`full_status`
 
 # %% [markdown]
 # ## Summary
@@ -931,10 +1190,14 @@ _ = report.glue("full_sdm_clean", full_sdm_clean)
 # - The activation alone is not an estimator; the calibrated $\hat p_{\text{lower}}$ adds
 #   class-wise quantiles, a DKW band for the effective sample size and a learned threshold.
 # - On digits under pixel noise and on unseen classes, softmax and temperature-scaled thresholds
-#   admitted wrong answers at high confidence. The SDM estimator admitted far fewer, far more
-#   accurately, but under strong shift still fell below $\alpha'$: {glue:text}`sdm_verdict`.
-# - The price is coverage, and it needs data: with eight classes and small calibration sets it
-#   rejected everything.
+#   admitted wrong answers at high confidence. The SDM estimator admitted far fewer points, at a
+#   higher marginal accuracy, but by the paper's criterion (the class- and
+#   prediction-conditional accuracy of the admitted set) its guarantee was
+#   {glue:text}`verdict_sdm_noise` under the strongest noise and {glue:text}`verdict_sdm_ood` on
+#   the held-out digits, where its worst conditional accuracy was below the softmax's.
+# - In distribution it kept the target ({glue:text}`verdict_sdm_clean`) while admitting about
+#   two thirds of the test points. The price is coverage, and it needs data: the DKW band widens
+#   as the calibration set per class shrinks.
 #
 # ## Exercises
 #

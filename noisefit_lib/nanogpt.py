@@ -1,4 +1,4 @@
-"""A small, readable decoder-only transformer with a pluggable attention normaliser and head.
+"""Part II's nanoGPT-style decoder: a small transformer with pluggable attention and head.
 
 The model follows nanoGPT: token embeddings (plus learned positions, or rotary positions
 inside attention), pre-norm blocks of causal self-attention and an MLP, a final LayerNorm and a
@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from noisefit_lib import training
 
 Normaliser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -164,7 +166,7 @@ def rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Sizes and options of :class:`TinyGPT`.
+    """Sizes and options of :class:`NanoGPT`.
 
     Attributes:
         vocab_size: number of tokens.
@@ -241,7 +243,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TinyGPT(nn.Module):
+class NanoGPT(nn.Module):
     """Decoder-only transformer; ``forward(idx)`` returns logits (B, T, vocab_size).
 
     Args:
@@ -318,7 +320,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+def generate(model: NanoGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding: append the arg-max token ``max_new_tokens`` times; (B, T) -> (B, T + n).
 
     Each step re-runs the whole prefix (no key-value cache), which is simple and fast enough for
@@ -342,10 +344,14 @@ def train_lm(
     weight_decay: float = 0.0,
     warmup: int = 20,
 ) -> list[float]:
-    """Train with AdamW and a linear-warmup, cosine-decay learning rate; return the losses.
+    """Train with AdamW and the book's warm-up-cosine schedule (no floor); return the losses.
+
+    The schedule is :func:`noisefit_lib.training.warmup_cosine_lr` (cosine decay to zero over
+    the steps after the warm-up); the step is :func:`noisefit_lib.training.optimizer_step`
+    (gradient norm clipped at 1).
 
     Args:
-        model: a model with a ``loss(idx, targets)`` method (as :class:`TinyGPT`).
+        model: a model with a ``loss(idx, targets)`` method (as :class:`NanoGPT`).
         batches: ``batches(step) -> (idx, targets)``, both (B, T), already on the model's device.
         num_steps: optimisation steps.
         lr: peak learning rate.
@@ -356,16 +362,13 @@ def train_lm(
     losses = []
     model.train()
     for step in range(num_steps):
-        scale = min(1.0, (step + 1) / max(warmup, 1))
-        scale *= 0.5 * (1 + math.cos(math.pi * step / max(num_steps, 1)))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
+        training.set_lr(
+            opt,
+            training.warmup_cosine_lr(step, peak_lr=lr, warmup_steps=warmup, total_steps=num_steps),
+        )
         idx, targets = batches(step)
         loss = model.loss(idx, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        training.optimizer_step(opt, loss, clip_params=model.parameters(), max_grad_norm=1.0)
         losses.append(loss.detach())  # no host sync per step (matters on a GPU)
     model.eval()
     return torch.stack(losses).tolist() if losses else []
