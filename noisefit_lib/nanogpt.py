@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisefit_lib import training
+from noisefit_lib.noisefit.losses import IGNORE_INDEX
 
 Normaliser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -303,7 +304,7 @@ class NanoGPT(nn.Module):
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats) of next-token targets (B, T); -100 entries are ignored."""
         logits = self(idx)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def set_normaliser(model: nn.Module, normaliser: str | Normaliser) -> None:

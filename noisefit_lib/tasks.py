@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from noisefit_lib.noisefit.losses import IGNORE_INDEX
+
+IGNORE = IGNORE_INDEX
+"""Targets that are not scored: the library's one ignore index, -100 (``losses.IGNORE_INDEX``)."""
 
 
 def _choose(batch_size: int, population: int, k: int, generator: torch.Generator) -> torch.Tensor:

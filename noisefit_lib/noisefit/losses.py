@@ -21,7 +21,6 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-
 @dataclass(frozen=True)
 class KLConvention:
     """How the clean->noisy KL and the noisy<->noisy consistency are computed.
