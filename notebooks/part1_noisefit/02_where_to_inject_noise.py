@@ -1125,9 +1125,9 @@ print({key: report.sig(v) for key, v in head.items()})
 #
 # - *SNR identifies robust layers.* If v1's SNR ranked layers by robustness, it would rank them
 #   like the one robustness measurement here, the propagated SNR: the effect is Spearman's
-#   $\rho$(v1 SNR, propagated SNR), expected positive. Smallest effect of interest 0.3: a rank
-#   correlation below it shares less than a tenth of the ranking's variance, too little to pick
-#   the same layers.
+#   $\rho$(v1 SNR, propagated SNR), expected positive. Smallest effect of interest
+#   {glue:text}`sesoi_robust`: a rank correlation below it shares less than a tenth of the
+#   ranking's variance, too little to pick the same layers.
 # - *v1's SNR is the inverse hidden scale* (Claim 3), a numerical check: mean
 #   $\rho$(v1 SNR, 1/std) above 0.9.
 # - *The ten passes buy nothing* (Claim 1) and *$\sigma$ cannot change the picks* (Claim 2),
@@ -1135,8 +1135,9 @@ print({key: report.sig(v) for key, v in head.items()})
 #   constant to $10^{-3}$ across $\sigma$.
 # - *v1's SNR and Spectrum's weight SNR pick alike*: the effect is the overlap
 #   $J$(v1, Spectrum) of the `Largest` picks minus its chance level, expected positive. Smallest
-#   effect of interest 0.2: less than a fifth of the Jaccard scale, about the change from sharing
-#   none of three picked layers to sharing one, would not make two selections alike.
+#   effect of interest {glue:text}`sesoi_spec`: less than a fifth of the Jaccard scale, about the
+#   change from sharing none of three picked layers to sharing one, would not make two selections
+#   alike.
 
 # %%
 SESOI = {"robust": 0.3, "spec": 0.2}
@@ -1227,6 +1228,11 @@ if full is not None:
 #   usually early layers; `Lowest` = largest, usually deep ones. $\sigma$ changes nothing.
 # - The propagated SNR of the first commit and Spectrum's weight SNR measure other things and
 #   pick other layers; v2 replaced all of them with a calibration by KL response.
+# - Verdicts: that the SNR identifies robust layers is {glue:text}`verdict_robust` (its rank
+#   correlation with the propagated SNR is {glue:text}`effect_robust` over the tiny models); the
+#   checks of Claims 1-3 {glue:text}`verdict_mc`, {glue:text}`verdict_sigma` and
+#   {glue:text}`verdict_scale`; that v1's and Spectrum's picks overlap beyond chance:
+#   {glue:text}`verdict_spec`; that v2's picks are better: {glue:text}`verdict_auto`.
 #
 # ## Exercises
 #

@@ -72,6 +72,7 @@ lr = None  # AdamW learning rate (None: the preset's)
 
 # %%
 import copy
+import dataclasses
 import math
 
 import matplotlib.pyplot as plt
@@ -999,7 +1000,19 @@ runs = [
 # hidden std during training, and the cross-entropy over the soft term at the last step. This
 # table is what the results file stores, and everything below is computed from it.
 
+
 # %%
+def clean(est: stats.Estimate) -> stats.Estimate:
+    """``est`` with mean and bounds rounded to 12 decimals.
+
+    Differences of rates carry float noise of order 1e-17 (a zero difference prints as 2.8e-17);
+    rounding removes it, so that stored outputs compare across machines.
+    """
+    return dataclasses.replace(
+        est, mean=round(est.mean, 12), low=round(est.low, 12), high=round(est.high, 12)
+    )
+
+
 METRICS = {  # column: (split, outcome)
     "known acc": ("test_known", "correct"),
     "known halluc": ("test_known", "hallucinated"),
@@ -1037,12 +1050,16 @@ records.save(
 # from the same base model and sees the same batches), with a 95 % $t$-interval over the
 # {glue:text}`n_seeds` training seeds, the book's convention (see {doc}`/book/contributing`).
 # With two seeds the $t$ factor is 12.7, so the intervals are wide: they say how little two
-# training runs can tell, which is the honest answer at this budget. The `full` preset runs five.
+# training runs can tell, which is the honest answer at this budget. When the two seeds happen to
+# give the same difference (accuracy moves in steps of one question), the interval has zero width:
+# such a verdict rests on two runs only. The `full` preset runs five.
 
 # %%
 long = scores.melt(id_vars=["variant", "seed"], value_vars=list(METRICS), var_name="metric")
 means = stats.summarise(long, "value", by=["metric", "variant"])
-effects = stats.paired_effects(long, "value", "SFT", method="variant", by=["metric"])
+effects = stats.paired_effects(long, "value", "SFT", method="variant", by=["metric"]).round(
+    {"mean": 12, "low": 12, "high": 12}
+)  # float noise of 1e-17: see `clean`
 effects["text"] = [stats.estimate_of(row).text() for _, row in effects.iterrows()]
 shown = means.pivot(index="variant", columns="metric", values="mean")[list(METRICS)]
 deltas = effects.pivot(index="variant", columns="metric", values="text")
@@ -1126,14 +1143,17 @@ def claims(table: pd.DataFrame, base_acc: float) -> pd.DataFrame:
     """Estimate and verdict of each claim from a (variant, seed) table and the base accuracy."""
     acc = table.pivot(index="seed", columns="variant", values="known acc")
     hal = table.pivot(index="seed", columns="variant", values="known halluc")
-    diff = stats.paired_difference
+
+    def diff(a: pd.Series, b: pd.Series) -> stats.Estimate:
+        return clean(stats.paired_difference(a, b))
+
     tests = {  # claim: (effect, expected sign)
         "halluc": (diff(hal["full"], hal["SFT"]), "decrease"),
         "each_soft": (diff(acc["full"], acc["full − soft"]), "increase"),
         "each_cons": (diff(acc["full"], acc["full − consistency"]), "increase"),
         "v1": (diff(acc["v1 faithful"], acc["SFT"]), "increase"),
         **{
-            f"collapse_{k}": (stats.seed_mean(acc[v] - base_acc / 2), "decrease")
+            f"collapse_{k}": (clean(stats.seed_mean(acc[v] - base_acc / 2)), "decrease")
             for v, k in NO_CE.items()
         },
     }
@@ -1157,6 +1177,13 @@ sft_acc = stats.estimate_of(means.set_index(["metric", "variant"]).loc[("known a
 base_acc = base_scores["test_known"]["correct"]
 book_verdict = book_claims["verdict"]
 collapsed = [v for v, k in NO_CE.items() if book_verdict[f"collapse_{k}"] == verdicts.REPRODUCED]
+v1_effect = stats.estimate_of(book_claims.loc["v1"])
+v1_differs = (
+    "different from SFT in every seed, but by less than 0.02: claim 6's prediction holds in size, "
+    "not exactly"
+    if max(abs(v1_effect.low), abs(v1_effect.high)) < SESOI
+    else "measurably different from SFT, against claim 6's prediction"
+)
 v1_words = {
     verdicts.NO_DETECTABLE_EFFECT: "indistinguishable from SFT within ±0.02, as claim 6 predicted",
     verdicts.INCONCLUSIVE: "not distinguishable from SFT, though the interval is too wide to show "
@@ -1187,9 +1214,7 @@ report.glue_all({
     "n_sft_people": len(world.group("sft")),
     "sft_vs_base": "costs the base model some of its known facts" if sft_acc.high < base_acc
     else "does not measurably change the base model's accuracy on known facts",
-    "v1_like_sft": v1_words.get(
-        book_verdict["v1"], "measurably different from SFT, against claim 6's prediction"
-    ),
+    "v1_like_sft": v1_words.get(book_verdict["v1"], v1_differs),
     "collapse_text": {3: "all three collapse", 0: "none of them collapses"}.get(
         len(collapsed), f"{len(collapsed)} of the three collapse"),
     "detach_text": "Detaching the teacher does not prevent it: full − CE uses our detached "

@@ -75,10 +75,10 @@ label_noise = None  # fractions of wrong labels in the SFT data, one condition e
 # %%
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -708,7 +708,19 @@ print(f"{len(rows) - len(cfg.label_noise) * len(ft_seeds)} fine-tuning runs")
 # The mean over seeds of each metric, per data condition (`base` is the model before
 # fine-tuning; rates are fractions of the split):
 
+
 # %%
+def clean(est: stats.Estimate) -> stats.Estimate:
+    """``est`` with mean and bounds rounded to 12 decimals.
+
+    Differences of rates carry float noise of order 1e-17 (a zero difference prints as 2.8e-17);
+    rounding removes it, so that stored outputs compare across machines.
+    """
+    return dataclasses.replace(
+        est, mean=round(est.mean, 12), low=round(est.low, 12), high=round(est.high, 12)
+    )
+
+
 SHOW = {
     "test_known_correct": "known acc",
     "test_known_hallucinated": "known halluc",
@@ -740,7 +752,9 @@ for c in cfg.label_noise:
 # method; `bio perplexity` is the relative change, NoiseFiT's perplexity over SFT's minus 1:
 
 # %%
-effects = stats.paired_effects(long, "value", "sft", by=["label_noise", "metric"])
+effects = stats.paired_effects(long, "value", "sft", by=["label_noise", "metric"]).round(
+    {"mean": 12, "low": 12, "high": 12}
+)  # float noise of 1e-17: see `clean`
 effects["text"] = [stats.estimate_of(row).text() for _, row in effects.iterrows()]
 PAIRED = {
     "test_known_correct": "known acc",
@@ -908,7 +922,7 @@ print({m: runs_table.loc[runs_table["method"] == m, "layers"].iloc[0] for m in L
 # `compute_loss` + backward + AdamW per method through `NoiseFiTTrainer`, interleaved, medians:
 
 # %%
-BENCH = Path("../../tools/results/bench_noisefit_h200.json")
+BENCH = records.RESULTS_DIR / "bench_noisefit_h200.json"  # committed with the library
 if BENCH.is_file():
     bench = json.loads(BENCH.read_text())
     m = bench["model"]
@@ -924,7 +938,7 @@ if BENCH.is_file():
     cost = bench_rows.set_index("method")["x SFT"]
     cost_default, cost_v1 = cost["noisefit"], cost["noisefit_faithful_v1"]
 else:
-    print("The benchmark file is not in this copy of the book (it lives in tools/results/).")
+    print("The benchmark file is not in this copy of the library (noisefit_lib/results/).")
     cost_default = cost_v1 = "not available"
 report.glue_all({"cost_default": cost_default, "cost_v1": cost_v1}, digits=3)
 
@@ -955,7 +969,8 @@ report.glue_all({"cost_default": cost_default, "cost_v1": cost_v1}, digits=3)
 # countries and one fine-tuning run per method.
 #
 # This is a **committed CPU run**, not part of the chapter's own run: it takes about half an hour
-# of CPU time, so the chapter reads its results file, `results/noisefit_end_to_end_real.json`.
+# of CPU time, so the chapter reads its committed results file,
+# `noisefit_lib/results/noisefit_end_to_end_real.json`.
 # {glue:text}`real_status` To reproduce it, run `python tools/real_model_experiment.py` from the
 # repository root (see {doc}`/book/running`); it writes the same file.
 
@@ -1016,10 +1031,10 @@ def real_claims(table: pd.DataFrame) -> pd.DataFrame:
     acc = held.pivot(index="seed", columns="method", values="accuracy")
     hal = held.pivot(index="seed", columns="method", values="hallucination")
     tests = {  # claim: (effect, expected sign)
-        "acc": (stats.paired_difference(acc["noisefit"], acc["sft"]), "increase"),
-        "hal": (stats.paired_difference(hal["noisefit"], hal["sft"]), "decrease"),
-        "vs_base": (stats.paired_difference(acc["noisefit"], acc["base"]), "increase"),
-        "sft_vs_base": (stats.paired_difference(acc["sft"], acc["base"]), "increase"),
+        "acc": (clean(stats.paired_difference(acc["noisefit"], acc["sft"])), "increase"),
+        "hal": (clean(stats.paired_difference(hal["noisefit"], hal["sft"])), "decrease"),
+        "vs_base": (clean(stats.paired_difference(acc["noisefit"], acc["base"])), "increase"),
+        "sft_vs_base": (clean(stats.paired_difference(acc["sft"], acc["base"])), "increase"),
     }
     return pd.DataFrame(
         {"claim": k, "expected": e, **est.as_dict(),
@@ -1122,7 +1137,7 @@ def claims(table: pd.DataFrame, condition: float) -> pd.DataFrame:
             out.append({"claim": claim, "text": "not run",
                         "verdict": verdicts.not_tested("method not in this preset")})  # fmt: skip
             continue
-        est = stats.paired_difference(wide["noisefit"], wide[other])
+        est = clean(stats.paired_difference(wide["noisefit"], wide[other]))
         verdict = verdicts.judge(est, expected=expected, sesoi=sesoi)
         out.append({"claim": claim, **est.as_dict(), "text": est.text(), "verdict": verdict})
     return pd.DataFrame(out).set_index("claim")

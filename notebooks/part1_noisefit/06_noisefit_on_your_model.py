@@ -74,6 +74,7 @@ accelerate = None  # run the two-process `accelerate launch` demo (None: the pre
 # %%
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -957,6 +958,17 @@ for (label, s), (counts, _, _) in runs.items():
 
 
 # %%
+def clean(est: stats.Estimate) -> stats.Estimate:
+    """``est`` with mean and bounds rounded to 12 decimals.
+
+    Differences of rates carry float noise of order 1e-17 (a zero difference prints as 2.8e-17);
+    rounding removes it, so that stored outputs compare across machines.
+    """
+    return dataclasses.replace(
+        est, mean=round(est.mean, 12), low=round(est.low, 12), high=round(est.high, 12)
+    )
+
+
 def score_table(run_list: list[dict], base: dict | None = None) -> pd.DataFrame:
     """Outcome rates per (label, seed, split) from the runs (and the base model's counts)."""
     out = []
@@ -1084,7 +1096,9 @@ report.glue_figure("fig-noisefit-on-your-model-runs", fig)
 
 # %%
 runs_only = long[long["label"] != "base"]
-effects = stats.paired_effects(runs_only, "value", "sft", method="label", by=["split", "outcome"])
+effects = stats.paired_effects(
+    runs_only, "value", "sft", method="label", by=["split", "outcome"]
+).round({"mean": 12, "low": 12, "high": 12})  # float noise of 1e-17: see `clean`
 effects = effects[effects["outcome"].isin(["correct", "hallucinated"])].copy()
 effects["NoiseFiT - SFT [95 %, seeds]"] = [
     stats.estimate_of(r).text() for _, r in effects.iterrows()
@@ -1120,7 +1134,7 @@ def claims(table: pd.DataFrame) -> pd.DataFrame:
     for claim, (label, split, outcome, expected) in tests.items():
         sub = table[(table["split"] == split) & (table["label"] != "base")]
         wide = sub.pivot(index="seed", columns="label", values=outcome)
-        est = stats.paired_difference(wide[label], wide["sft"])
+        est = clean(stats.paired_difference(wide[label], wide["sft"]))
         verdict = verdicts.judge(est, expected=expected, sesoi=SESOI)
         out.append({"claim": claim, **est.as_dict(), "text": est.text(), "verdict": verdict})
     return pd.DataFrame(out).set_index("claim")
@@ -1147,6 +1161,7 @@ report.glue_all({
     "soft_over_ce": float(np.mean([h["nf_soft"] / h["nf_ce"] for h in last])),
     "book_verdict_known": book_claims.loc["known", "verdict"],
     "book_verdict_known_big": book_claims.loc["known_big", "verdict"],
+    "n_seeds_text": str(len(seeds)),
     "verdict_recipe": verdicts.check(recipe_ok),
     "verdict_cost": verdicts.not_tested("the paper reports no cost"),
 }, digits=3)  # fmt: skip
@@ -1196,7 +1211,7 @@ print(f"NoiseFiT / SFT CPU time per run: {glued['cpu_ratio']}x ({cfg.steps} step
 # committed with the book:
 
 # %%
-BENCH = records.runs_dir().parent / "tools" / "results" / "bench_noisefit_h200.json"  # in a clone
+BENCH = records.RESULTS_DIR / "bench_noisefit_h200.json"  # committed with the library
 if BENCH.is_file():
     bench = json.loads(BENCH.read_text())
     bench_rows = pd.DataFrame(
@@ -1208,8 +1223,8 @@ if BENCH.is_file():
     gpu = bench_rows.set_index("benchmark row")["x SFT"]
     gpu_default, gpu_faithful = gpu["noisefit"], gpu["noisefit_faithful_v1"]
     gpu_name = bench["device_name"]
-else:  # outside a clone of the book's repository (Colab): the file is not there
-    print("tools/results/bench_noisefit_h200.json not found; see the library page for the table")
+else:  # a copy of the library without its results folder
+    print("noisefit_lib/results/bench_noisefit_h200.json not found; see the library page")
     gpu_default = gpu_faithful = "(not available)"
     gpu_name = "-"
 report.glue_all(

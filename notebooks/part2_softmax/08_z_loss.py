@@ -748,10 +748,9 @@ _ = records.save(
 # number in this section is the exact expected accuracy. Differences between losses are paired by
 # seed (`stats.paired_effects`): one value per training seed, a t-interval over the
 # {glue:text}`zl_n_seeds` seeds. The smallest effect of interest is 0.01 of accuracy (one
-# percentage point): a gap a practitioner choosing a loss would act on, and about a fifth of the
-# gap between MSE and the log-softmax at top-20 here. Each claim is judged at one $k$ fixed in
-# advance: claim 4 at top-20 (the $k$ the margin is chosen on), claim 5a at top-1 and claim 5b at
-# the largest $k$.
+# percentage point): the smallest gap on which a practitioner choosing between losses would act.
+# Each claim is judged at one $k$ fixed in advance: claim 4 at top-20 (the $k$ the margin is
+# chosen on), claim 5a at top-1 and claim 5b at the largest $k$.
 
 # %%
 SESOI_ACCURACY = 0.01

@@ -463,18 +463,17 @@ print("claim 3: mean row entropy (nats) for p = 1, 3, 15, 60:", [report.sig(e) f
 # head puts on the source token one period back.
 
 # %%
-_ = [
-    report.glue(name, value)
-    for name, value in (
-        ("period", cfg.period),
-        ("vocab", cfg.vocab_size),
-        ("noise", cfg.noise),
-        ("n_layer", cfg.n_layer),
-        ("d_model", cfg.d_model),
-        ("train_len", cfg.train_len),
-        ("train_power", cfg.train_power),
-    )
-]
+_ = report.glue_all(
+    {
+        "period": cfg.period,
+        "vocab": cfg.vocab_size,
+        "noise": cfg.noise,
+        "n_layer": cfg.n_layer,
+        "d_model": cfg.d_model,
+        "train_len": cfg.train_len,
+        "train_power": cfg.train_power,
+    }
+)
 seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
 eval_lens = [cfg.train_len * m for m in cfg.eval_mults]
 print(

@@ -831,11 +831,12 @@ _ = report.glue_all(glued)
 # shortfall flattens the split cell's distance at large $n$, so the `full` run's slope
 # difference for Claim 3 ({glue:text}`full_slope_diff`, {glue:text}`verdict_over_slow`)
 # overstates the slowing; in the `book` run, where no dataset's gap is below
-# {glue:text}`gap_book_smallest` nats, the difference is {glue:text}`book_verdict_over_slow`. The theory predicts a slope as shallow
-# as $-1/8$ for some split-cell parameters (*not verified*); a fitted slope over a finite range
-# of $n$ mixes the fast and the slow parameters, which is why Claim 3 asks only for a slower
-# rate, not for an exponent. Our $D$ is a simplification of the paper's loss (gate mass instead
-# of $\exp(\beta_0)$, no gate slopes), so its slope is comparable in kind, not in constants.
+# {glue:text}`gap_book_smallest` nats, the difference is {glue:text}`book_verdict_over_slow`.
+# The theory predicts a slope as shallow as $-1/8$ for some split-cell parameters (*not
+# verified*); a fitted slope over a finite range of $n$ mixes the fast and the slow
+# parameters, which is why Claim 3 asks only for a slower rate, not for an exponent. Our $D$ is
+# a simplification of the paper's loss (gate mass instead of $\exp(\beta_0)$, no gate slopes),
+# so its slope is comparable in kind, not in constants.
 
 # %% [markdown]
 # ## Summary

@@ -709,8 +709,8 @@ _ = records.save(
 # The evaluation problems are the training problems: the model is trained on paths of exactly
 # these start-goal pairs, so the task measures what the decoders make of a model that knows every
 # problem, not generalisation. The unit of replication is the trained model (its seed); the
-# `book` run trains one, so its effects have no interval, and the committed `full` run (five
-# models) carries the verdicts.
+# `book` run trains one, so its effects have no interval, and the `full` run (five models), where
+# it is committed, carries the verdicts.
 #
 # ### The probe
 #
