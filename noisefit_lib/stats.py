@@ -57,6 +57,17 @@ class Estimate:
 
         return f"{signed(self.mean)} [{signed(self.low)}, {signed(self.high)}]"
 
+    def ratio_text(self, digits: int = 3) -> str:
+        """For an estimate of a *log* ratio: ``"1.23x [1.2, 1.26]"`` (with its interval, if any).
+
+        Ratios (speed-ups, growth factors) are averaged and judged on the log scale, where a
+        paired t-interval is symmetric; this shows them back on the ratio scale.
+        """
+        text = f"{math.exp(self.mean):.{digits}g}x"
+        if math.isnan(self.low) or math.isnan(self.high):
+            return text
+        return f"{text} [{math.exp(self.low):.{digits}g}, {math.exp(self.high):.{digits}g}]"
+
     def as_dict(self, prefix: str = "") -> dict[str, float | int | str]:
         """Plain fields for a results table row: ``mean``, ``low``, ``high``, ``n``."""
         return {
@@ -142,6 +153,13 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
         raise KeyError(f"the table lacks column(s) {missing}; it has {list(frame.columns)}")
 
 
+def _check_free(columns: Sequence[str]) -> None:
+    """Refuse grouping columns that the result's own columns would overwrite."""
+    taken = sorted(set(columns) & {"mean", "low", "high", "n", "baseline"})
+    if taken:
+        raise ValueError(f"rename the grouping column(s) {taken}: the result uses those names")
+
+
 def summarise(frame: pd.DataFrame, value: str, by: Sequence[str] = ("method",)) -> pd.DataFrame:
     """Mean and 95 % t-interval over seeds of ``value`` per group of ``by``.
 
@@ -150,6 +168,7 @@ def summarise(frame: pd.DataFrame, value: str, by: Sequence[str] = ("method",)) 
     """
     by = list(by)
     _check_columns(frame, [*by, value])
+    _check_free(by)
     rows = []
     for key, group in frame.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -177,6 +196,7 @@ def paired_effects(
     """
     by = list(by)
     _check_columns(frame, [*by, method, pair, value])
+    _check_free([*by, method])
     groups = frame.groupby(by, sort=False) if by else [((), frame)]
     rows = []
     for key, group in groups:

@@ -109,3 +109,15 @@ def test_paired_effects_refuses_unpaired_seeds():
         stats.paired_effects(_runs(), "acc", "base", by=["noise"])
     with pytest.raises(KeyError, match="lacks column"):
         stats.paired_effects(_runs(), "loss", "sft")
+
+
+def test_ratio_text_shows_a_log_ratio_on_the_ratio_scale():
+    est = stats.Estimate(math.log(1.23), math.log(1.2), math.log(1.26), 4)
+    assert est.text() != est.ratio_text() == "1.23x [1.2, 1.26]"
+    assert stats.Estimate(math.log(2.0), math.nan, math.nan, 1).ratio_text() == "2x"
+
+
+def test_grouping_columns_may_not_clash_with_the_result():
+    runs = _runs().rename(columns={"noise": "n"})
+    with pytest.raises(ValueError, match="rename the grouping column"):
+        stats.summarise(runs, "acc", by=["n", "method"])

@@ -38,24 +38,31 @@
 # 2-3 minutes on one GPU.
 
 # %% tags=["remove-cell"]
-# Colab or a bare Jupyter: install this book's own version of noisefit_lib; a no-op where it
-# is importable (a local clone, CI).
-import importlib.util
+# Colab or a bare Jupyter: install the library from the same ref as this notebook; nothing
+# happens where this version is importable (a clone, CI). NOISEFIT_PIP_SPEC overrides the source.
+import importlib
+import os
 import subprocess
 import sys
 
-if importlib.util.find_spec("noisefit_lib") is None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@v0.1.0",
-        ],
-        check=True,
+NOISEFIT_LIB = "0.1.0"
+SOURCE = "noisefit-lib @ git+https://github.com/noisefit-book/noisefit-book@main"
+try:
+    import noisefit_lib
+except ImportError:
+    noisefit_lib = None
+if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
+    _spec = os.environ.get("NOISEFIT_PIP_SPEC", SOURCE)
+    _pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", _spec], capture_output=True, text=True
     )
+    if _pip.returncode != 0:
+        print(_pip.stdout[-4000:], _pip.stderr[-4000:], sep="\n")
+        raise RuntimeError(f"pip could not install {_spec}: its output is above")
+    if noisefit_lib is not None:
+        raise RuntimeError("noisefit-lib was updated: restart the runtime, then run all cells")
+    importlib.invalidate_caches()
+    import noisefit_lib
 
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
@@ -920,8 +927,7 @@ def update_claims(timing: pd.DataFrame, prefix: str) -> dict:
     values = {f"{prefix}_d_max": 2**large, f"{prefix}_d_ratio": 2 ** (large - small)}
     for key, table in effects.items():
         effect = stats.estimate_of(table[table["method"] == DENSE].iloc[0])
-        low, high = math.exp(effect.low), math.exp(effect.high)
-        values[f"{prefix}_{key}"] = f"{math.exp(effect.mean):.3g}x [{low:.3g}, {high:.3g}]"
+        values[f"{prefix}_{key}"] = effect.ratio_text()
         values[f"{prefix}_{key}_verdict"] = verdicts.judge(
             effect, expected="increase", sesoi=SESOI_TIME
         )
