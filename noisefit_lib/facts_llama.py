@@ -91,7 +91,8 @@ class PretrainConfig:
         min_lr_ratio: the cosine decay ends at ``min_lr_ratio * lr``.
         weight_decay: AdamW weight decay.
         grad_clip: clip the gradient norm to this (``0`` disables).
-        amp: bf16 autocast for the forward pass on CUDA (ignored on CPU, which stays fp32).
+        amp: bf16 autocast for the forward pass on a GPU that supports bf16 (elsewhere, and on
+            CPU, fp32); the history records which (``amp_dtype``).
         seed: seeds the initialisation and the batch order.
     """
 
@@ -258,9 +259,12 @@ def pretrain(
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="pretraining", mininterval=2.0)
-    history: dict[str, list[float]] = {"loss": [], "lr": []}
-    use_amp = config.amp and device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    history: dict[str, Any] = {"loss": [], "lr": []}
+    amp_dtype = runtime.autocast_dtype(device.type) if config.amp else None  # bf16 where supported
+    history["amp_dtype"] = str(amp_dtype) if amp_dtype is not None else "float32"
+    autocast = contextlib.nullcontext()
+    if amp_dtype is not None:
+        autocast = torch.autocast("cuda", dtype=amp_dtype)
     model.train()
     for step in steps:
         lr = config.lr_at(step)

@@ -41,7 +41,8 @@ def test_a_chapter_runs_alone_in_a_fresh_environment(tmp_path, monkeypatch):
     with open(f"{own_site}/preinstalled.pth", "w") as handle:
         handle.write("\n".join(site.getsitepackages()) + "\n")
     probe = "import importlib.util as u; print(u.find_spec('noisefit_lib') is None)"
-    assert subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout == "True\n"
+    found = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert found.stdout == "True\n", "the fresh environment must not see noisefit_lib yet"
 
     kernels = tmp_path / "kernels" / "kernels" / "colab"
     kernels.mkdir(parents=True)
