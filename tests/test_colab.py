@@ -15,6 +15,7 @@ import venv
 
 import papermill as pm
 import pytest
+
 from conftest import ROOT
 
 CHAPTER = ROOT / "notebooks" / "part2_softmax" / "12_topk_moe_rates.ipynb"
