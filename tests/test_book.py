@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from conftest import CHAPTER_SCRIPTS, ROOT
 
 BROWSER_CHECK = """<!doctype html><meta charset="utf-8"><title>check</title>

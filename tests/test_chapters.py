@@ -9,9 +9,9 @@ import nbformat
 import papermill as pm
 import pytest
 import yaml
-from conftest import CHAPTER_SCRIPTS, ROOT
 
 import noisefit_lib
+from conftest import CHAPTER_SCRIPTS, ROOT
 
 IDS = [p.stem for p in CHAPTER_SCRIPTS]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
-from conftest import CHAPTER_SCRIPTS, ROOT
 
+from conftest import CHAPTER_SCRIPTS, ROOT
 from noisefit_lib import verdicts
 
 IDS = [p.stem for p in CHAPTER_SCRIPTS]

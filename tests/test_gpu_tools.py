@@ -3,8 +3,8 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from noisefit_lib import records, runtime
 
 

@@ -2,6 +2,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from conftest import CHAPTER_SCRIPTS, ROOT
 
 spec = importlib.util.spec_from_file_location("run_chapter", ROOT / "tools" / "run_chapter.py")
