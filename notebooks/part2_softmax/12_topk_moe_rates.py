@@ -449,7 +449,7 @@ for top_k in (1, 2, 3):
     assert ((gate > 0).sum(-1) == top_k).all()
     grid_density, _ = density_on_grid(random_p, top_k)
     mass = torch.trapezoid(grid_density, Y_GRID.to(cfg.device))
-    assert (mass - 1).abs().max() < 1e-6, (mass - 1).abs().max()
+    assert (mass - 1).abs().max() < 1e-4, (mass - 1).abs().max()  # trapezoid error on the grid
 print("gates select exactly K experts and sum to 1; densities integrate to 1")
 
 # %% [markdown]
