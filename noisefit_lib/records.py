@@ -169,16 +169,21 @@ def write(path: str | Path, results: Mapping[str, Any], cfg: RunConfig) -> Path:
     return atomic_write_text(path, text)
 
 
-def save(cfg: RunConfig, results: Mapping[str, Any], *, name: str | None = None) -> Path:
+def save(cfg: RunConfig, results: Mapping[str, Any], *, name: str | None = None) -> None:
     """Write a chapter run's results under :func:`runs_dir` and print where (relative).
 
     The file is ``runs/<chapter>/<name>.json`` with ``name`` defaulting to ``cfg.run_name``
-    (``<preset>-seed<seed>``, plus a hash of the overrides if any). Returns the path written.
+    (``<preset>-seed<seed>``, plus a hash of the overrides if any). It returns nothing, so that a
+    chapter's cell never displays an absolute path; :func:`saved_path` gives the path.
     """
-    path = runs_dir() / cfg.chapter / f"{name or cfg.run_name}.json"
+    path = saved_path(cfg, name)
     write(path, results, cfg)
     print(f"results written to runs/{cfg.chapter}/{path.name}")
-    return path
+
+
+def saved_path(cfg: RunConfig, name: str | None = None) -> Path:
+    """Where :func:`save` writes ``cfg``'s results."""
+    return runs_dir() / cfg.chapter / f"{name or cfg.run_name}.json"
 
 
 @dataclass(frozen=True)

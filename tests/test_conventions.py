@@ -117,3 +117,15 @@ def test_chapters_are_ruff_formatted():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", CHAPTER_SCRIPTS, ids=IDS)
+def test_no_stored_output_names_this_machine(script):
+    """Stored outputs show no absolute path: they are read online and compared on other machines."""
+    leaks = []
+    for number, cell in enumerate(nbformat.read(script.with_suffix(".ipynb"), as_version=4).cells):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+            if str(ROOT) in text or "site-packages/" in text or "PosixPath(" in text:
+                leaks.append(f"cell {number}: {text.strip()[:120]}")
+    assert not leaks, "outputs that name this machine's paths:\n" + "\n".join(leaks)

@@ -1004,7 +1004,7 @@ gpu_name = torch.cuda.get_device_name(cfg.device) if GPU else None
 # `runs/` (git-ignored):
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(
+records.save(
     cfg,
     {
         "cpu_timings": cpu_timings,

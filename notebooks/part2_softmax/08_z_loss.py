@@ -735,7 +735,7 @@ torch.set_num_threads(threads)
 # Everything measured goes to the results file:
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(
+records.save(
     cfg,
     {
         "oracle": {str(k): v for k, v in oracle.items()},

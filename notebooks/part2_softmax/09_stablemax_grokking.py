@@ -633,7 +633,7 @@ def final_states(histories: dict, perp_histories: list, first_seed: int) -> pd.D
 finals = final_states(histories, perp_histories, cfg.seed)
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(
+records.save(
     cfg,
     {
         "runs": finals,

@@ -632,7 +632,7 @@ power = best_power(runs, cfg.powers)
 print("power with the lowest validation loss at the longest length:", power)
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(cfg, {"eval_lens": eval_lens, "runs": runs, "table": table, "best_power": power})
+records.save(cfg, {"eval_lens": eval_lens, "runs": runs, "table": table, "best_power": power})
 
 # %% [markdown]
 # ## Results

@@ -707,7 +707,7 @@ runs = tidy(results)
 report.show_table(runs.head(3))
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(cfg, {"runs": runs, "tasks": results})
+records.save(cfg, {"runs": runs, "tasks": results})
 
 # %% [markdown]
 # ## Results

@@ -584,7 +584,7 @@ def tidy(by_size: dict) -> pd.DataFrame:
 
 
 table = tidy(runs)
-_ = records.save(cfg, {"runs": table})
+records.save(cfg, {"runs": table})
 
 # %% [markdown]
 # ## Results

@@ -875,7 +875,7 @@ def admitted_set(group: pd.DataFrame) -> pd.Series:
 
 KEYS = ["test set", "estimator"]
 per_seed = points.groupby([*KEYS, "seed"], sort=False).apply(admitted_set).reset_index()
-_ = records.save(
+records.save(
     cfg,
     {
         "per_seed": per_seed,

@@ -735,7 +735,7 @@ _ = report.glue_all({f"lr_{family}": lr for family, lr in chosen_lr.items()})
 # Everything measured goes to a results file under `runs/` (git-ignored):
 
 # %% tags=["nbval-ignore-output"]
-_ = records.save(
+records.save(
     cfg,
     {
         "runs": runs,

@@ -73,8 +73,11 @@ n_models = None  # independently trained models (seeds seed .. seed + n_models -
 # %%
 import math
 import os
+import warnings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers imports tqdm.auto, whose notebook bar warns (with a path) without ipywidgets
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -701,7 +704,7 @@ for s, run in enumerate(model_runs, start=cfg.seed):
         f"model seed {s}: {run['n_params']} parameters, "
         f"final training loss {report.sig(run['final_loss'])} nats"
     )
-_ = records.save(
+records.save(
     cfg,
     {
         "runs": model_runs,
