@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "notebooks").glob("*/[0-9][0-9]_*.py"))
 CELL_START = '# %% tags=["remove-cell"]\n'
-TEMPLATE = '''# %% tags=["remove-cell"]
+TEMPLATE = """# %% tags=["remove-cell"]
 # Colab or a bare Jupyter: install the library from the same ref as this notebook; nothing
 # happens where this version is importable (a clone, CI). NOISEFIT_PIP_SPEC overrides the source.
 import importlib
@@ -49,7 +49,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
         raise RuntimeError("noisefit-lib was updated: restart the runtime, then run all cells")
     importlib.invalidate_caches()
     import noisefit_lib
-'''
+"""
 
 
 def expected_cell() -> str:
