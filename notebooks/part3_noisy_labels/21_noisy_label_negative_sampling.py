@@ -399,7 +399,7 @@ print(f"experiment wall time: {wall_s:.1f} s ({wall_s / len(runs):.2f} s per mod
 SESOI = 0.01
 
 
-def judge(runs):
+def claim_effects(runs):
     """NBPO against BPO (claim 2) and BPR (claim 3), per condition and metric, with verdicts."""
     parts = []
     for claim, baseline in (("2 NBPO - BPO", "BPO"), ("3 NBPO - BPR", "BPR")):
@@ -413,7 +413,7 @@ def judge(runs):
     return effects
 
 
-effects = judge(runs)
+effects = claim_effects(runs)
 report.show_table(effects, columns=["claim", "metric", "condition", "effect", "n", "verdict"])
 
 # %% [markdown]
@@ -566,7 +566,7 @@ report.glue("nbpo_full_status", records.status(full, cfg.chapter, "full"))
 report.glue("nbpo_full_status_short", "not run" if full is None else "see below")
 if full is not None:
     report.show_table(
-        judge(full.table("runs")),
+        claim_effects(full.table("runs")),
         columns=["claim", "metric", "condition", "effect", "n", "verdict"],
     )
 
