@@ -67,7 +67,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
         ).stdout.strip()
 
     try:
