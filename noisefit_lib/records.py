@@ -157,11 +157,13 @@ def write(path: str | Path, results: Mapping[str, Any], cfg: RunConfig) -> Path:
         results: JSON-serialisable values; DataFrames are stored as lists of row dicts.
         cfg: the run's config, from :func:`noisefit_lib.runtime.resolve`.
     """
+    folder = Path(path).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)  # git must run inside it: a first run creates it
     record = {
         "results": _plain(dict(results)),
         "config": cfg.to_dict(),
         **environment(cfg.device),
-        "git_commit": git_commit(Path(path).resolve().parent),
+        "git_commit": git_commit(folder),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - cfg.started, 3),
     }

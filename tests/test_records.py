@@ -94,6 +94,30 @@ def test_git_commit_outside_a_repository(tmp_path, monkeypatch):
     assert records.git_commit(tmp_path) == "abc123"
 
 
+def test_a_first_run_in_a_fresh_checkout_records_its_commit(tmp_path, monkeypatch):
+    """The runs folder does not exist yet in a fresh clone; the commit must still be found."""
+    import subprocess
+
+    monkeypatch.delenv("NOISEFIT_GIT_COMMIT", raising=False)
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "code")
+    cfg = runtime.resolve("demo", PRESETS, "smoke", seed=1, device="cpu")
+    path = records.write(tmp_path / "runs" / "demo" / "smoke-seed1.json", {"acc": 0.5}, cfg)
+    assert json.loads(path.read_text())["git_commit"] == git("rev-parse", "HEAD")
+
+
 def test_the_committed_runs_are_readable_records():
     files = sorted(records.RESULTS_DIR.glob("*_*.json"))
     assert files, "no committed results in noisefit_lib/results"
