@@ -145,3 +145,46 @@ def show_table(rows: Rows, digits: int = 4, columns: Sequence[str] | None = None
         print(text)
     else:
         display(Markdown(text))
+
+
+def full_column(full: Mapping[str, Any] | None, keys: Sequence[str], prefix: str) -> dict[str, Any]:
+    """The ``full`` column of a chapter's comparison table, present or not.
+
+    Args:
+        full: the values computed from the committed ``full`` run (keys ``<prefix>_<key>``),
+            or None when no ``full`` run is committed.
+        keys: the keys of the column, without the prefix (e.g. ``"gain"``, ``"gain_verdict"``).
+        prefix: the chapter's prefix for ``full`` values (e.g. ``"crm_full"``).
+
+    Returns:
+        ``full`` itself, or, without a run, ``"not run"`` for each value and a ``not tested``
+        verdict for each key that names a verdict, so that the prose's glue keys always exist.
+    """
+    if full is not None:
+        return dict(full)
+    absent = verdicts.not_tested("no full run committed")
+    return {f"{prefix}_{k}": absent if "verdict" in k else "not run" for k in keys}
+
+
+def carried(
+    book: Mapping[str, Any],
+    full: Mapping[str, Any] | None,
+    keys: Sequence[str],
+    *,
+    book_prefix: str,
+    full_prefix: str,
+    to: str,
+) -> dict[str, Any]:
+    """The values a chapter states in its summary: the ``full`` run's where one is committed.
+
+    A committed longer run carries a chapter's verdicts (book/contributing.md, Results and
+    verdicts); the ``book`` run's values stand in only when there is none.
+
+    Returns:
+        ``{to}_{key}`` for each key, taken from ``full`` (``{full_prefix}_{key}``) or ``book``
+        (``{book_prefix}_{key}``), and ``{to}_run``: the preset that carries them, in backticks.
+    """
+    source, prefix = (full, full_prefix) if full is not None else (book, book_prefix)
+    values = {f"{to}_{k}": source[f"{prefix}_{k}"] for k in keys}
+    values[f"{to}_run"] = "`full`" if full is not None else "`book`"
+    return values

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisefit_lib import plotting, report, stats
+from noisefit_lib import plotting, report, stats, verdicts
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,21 @@ def test_method_styles_are_fixed_and_distinct():
     with pytest.raises(ValueError, match="known: sft"):
         plotting.method_style("sgd")
     assert plotting.style(7) == plotting.style(0)
+
+
+def test_full_column_and_carried_values():
+    book = {"x_gain": "+0.1 [0.0, 0.2]", "x_gain_verdict": verdicts.INCONCLUSIVE}
+    keys = ["gain", "gain_verdict"]
+    absent = report.full_column(None, keys, "x_full")
+    assert absent["x_full_gain"] == "not run"
+    assert absent["x_full_gain_verdict"].startswith("not tested")
+    said = report.carried(book, None, keys, book_prefix="x", full_prefix="x_full", to="x_said")
+    assert said == {
+        "x_said_gain": book["x_gain"],
+        "x_said_gain_verdict": book["x_gain_verdict"],
+        "x_said_run": "`book`",
+    }
+    full = {"x_full_gain": "+0.3 [0.2, 0.4]", "x_full_gain_verdict": verdicts.REPRODUCED}
+    assert report.full_column(full, keys, "x_full") == full
+    said = report.carried(book, full, keys, book_prefix="x", full_prefix="x_full", to="x_said")
+    assert said["x_said_gain_verdict"] == verdicts.REPRODUCED and said["x_said_run"] == "`full`"

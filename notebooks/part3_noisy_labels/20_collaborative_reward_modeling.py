@@ -636,30 +636,24 @@ book = report.glue_all(
 
 # %%
 CLAIM_KEYS = ("prec", "all", "self", "ceil")
+COLUMN = [*CLAIM_KEYS, *(f"{key}_verdict" for key in CLAIM_KEYS), "zero_verdict", "n_seeds"]
 full = records.committed(cfg.chapter, "full")
 report.glue("crm_full_status", records.status(full, cfg.chapter, "full"))
+full_values = None
 if full is not None:
     full_runs = full.table("runs")
     full_effects = judge(full_runs)
     report.show_table(full_effects, columns=["claim", "flip", "effect", "n", "verdict"])
     full_values = headline_values(full_effects, full_runs, "crm_full")
     full_values["crm_full_n_seeds"] = int(full_runs["seed"].nunique())
-else:
-    absent = verdicts.not_tested("no full run committed")
-    full_values = {
-        **{f"crm_full_{key}": "not run" for key in CLAIM_KEYS},
-        **{f"crm_full_{key}_verdict": absent for key in CLAIM_KEYS},
-        "crm_full_zero_verdict": absent,
-        "crm_full_n_seeds": 0,
-    }
-# the verdicts the chapter states: the full run's where it exists, else the book run's
-carrier = full_values if full is not None else book
-prefix = "crm_full" if full is not None else "crm"
+said_keys = [f"{key}_verdict" for key in CLAIM_KEYS]
 _ = report.glue_all(
     {
-        **{k: v for k, v in full_values.items() if not k.endswith(("_repro", "_n_flips"))},
-        **{f"crm_said_{key}_verdict": carrier[f"{prefix}_{key}_verdict"] for key in CLAIM_KEYS},
-        "crm_said_run": "`full`" if full is not None else "`book`",
+        **report.full_column(full_values, COLUMN, "crm_full"),
+        # the verdicts the chapter states: the full run's where it exists
+        **report.carried(
+            book, full_values, said_keys, book_prefix="crm", full_prefix="crm_full", to="crm_said"
+        ),
     }
 )
 
