@@ -174,6 +174,7 @@ def resolve(
     seed: int = 0,
     device: str = "auto",
     threads: int | None = None,
+    cpu_only: bool = False,
     **overrides: Any,
 ) -> RunConfig:
     """Validate a chapter's parameters, set up the process, and return its :class:`RunConfig`.
@@ -185,6 +186,9 @@ def resolve(
         seed: seed of every random generator.
         device: auto, cpu, cuda or cuda:N.
         threads: CPU threads for torch; ``None`` uses the available cores (at most 8).
+        cpu_only: the chapter runs on the CPU whatever the machine (NumPy, or models too small
+            for a GPU to help): ``auto`` means ``cpu``, and a CUDA device is refused rather than
+            recorded and ignored.
         **overrides: settings to change; ``None`` keeps the preset's value.
 
     Raises:
@@ -207,7 +211,12 @@ def resolve(
         if value is not None:
             _check_type(name, value, values[name])
             values[name] = changed[name] = value
-    resolved_device = pick_device(device)
+    if cpu_only and device not in ("auto", "cpu"):
+        raise ValueError(
+            f"chapter {chapter!r} runs on the CPU only (its models are too small for a GPU to "
+            f"help); device must be 'auto' or 'cpu', got {device!r}"
+        )
+    resolved_device = "cpu" if cpu_only else pick_device(device)
     pin_threads(threads)
     torch.set_flush_denormal(True)  # denormals slow CPU arithmetic 5-10x in long runs
     seed_everything(seed)

@@ -104,3 +104,11 @@ def test_autocast_dtype_is_fp32_on_cpu_and_on_gpus_without_bf16(monkeypatch):
     assert runtime.autocast_dtype("cuda") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert runtime.autocast_dtype("cuda:0") is torch.bfloat16
+
+
+def test_a_cpu_only_chapter_refuses_cuda_instead_of_ignoring_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where a GPU exists
+    cfg = runtime.resolve("demo", PRESETS, "book", device="auto", cpu_only=True)
+    assert cfg.device == "cpu"
+    with pytest.raises(ValueError, match=r"runs on the CPU only.*'auto' or 'cpu'"):
+        runtime.resolve("demo", PRESETS, "book", device="cuda", cpu_only=True)

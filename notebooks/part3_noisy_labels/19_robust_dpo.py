@@ -72,7 +72,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
 seed = 0  # first seed; seed s fixes the bandit, the pairs, their labels and their flips
-device = "auto"  # auto | cpu | cuda (everything here is NumPy on the CPU)
+device = "auto"  # auto | cpu (CPU only: everything here is NumPy)
 n_seeds = None  # seeds per (flip rate, n) (None: the preset's)
 prior_var = None  # variance of the guard's Gaussian prior on theta (None: the preset's 0.4)
 
@@ -147,6 +147,7 @@ cfg = runtime.resolve(
     preset,
     seed=seed,
     device=device,
+    cpu_only=True,
     threads=1,
     n_seeds=n_seeds,
     prior_var=prior_var,

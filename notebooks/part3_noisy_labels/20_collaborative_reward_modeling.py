@@ -66,7 +66,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
 seed = 0  # first seed; seed s fixes the items, the true reward, the pairs, the flips, the inits
-device = "cpu"  # cpu (these models are tiny; a GPU would not help)
+device = "auto"  # auto | cpu (CPU only: these models are too small for a GPU to help)
 epochs = None  # training epochs per run (None: the preset's)
 n_seeds = None  # seeds per method and flip rate (None: the preset's)
 ramp_epochs = None  # epochs over which the kept fraction falls from 1 to 1 - tau (None: preset's)
@@ -126,6 +126,7 @@ cfg = runtime.resolve(
     preset,
     seed=seed,
     device=device,
+    cpu_only=True,
     threads=1,
     epochs=epochs,
     n_seeds=n_seeds,

@@ -64,7 +64,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
 seed = 0  # first seed; seed s fixes the world, the initialisation and the negatives
-device = "auto"  # auto | cpu | cuda (the chapter is NumPy; it runs on the CPU)
+device = "auto"  # auto | cpu (CPU only: the chapter is NumPy)
 epochs = None  # training epochs per model (None: the preset's)
 n_seeds = None  # seeds per method and condition (None: the preset's)
 eta = None  # initial learning rate (None: the preset's)
@@ -118,6 +118,7 @@ cfg = runtime.resolve(
     preset,
     seed=seed,
     device=device,
+    cpu_only=True,
     threads=1,
     epochs=epochs,
     n_seeds=n_seeds,

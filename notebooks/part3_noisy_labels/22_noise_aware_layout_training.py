@@ -64,7 +64,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
 seed = 0  # first training seed; seed s fixes the documents, the weak labels, init and batches
-device = "auto"  # auto | cpu | cuda (the tagger is tiny: the CPU is used either way)
+device = "auto"  # auto | cpu (CPU only: the tagger is too small for a GPU to help)
 n_seeds = None  # training seeds per method and clean-set size (None: the preset's)
 steps = None  # optimiser steps per training run (None: the preset's)
 
@@ -96,6 +96,7 @@ cfg = runtime.resolve(
     preset,
     seed=seed,
     device=device,
+    cpu_only=True,
     threads=1,
     n_seeds=n_seeds,
     steps=steps,

@@ -67,7 +67,7 @@ if noisefit_lib is None or noisefit_lib.__version__ != NOISEFIT_LIB:
 # %% tags=["parameters"]
 preset = "book"  # smoke | book | full
 seed = 0  # first training seed; seed s fixes the split, the captions, the scorer and the models
-device = "auto"  # auto | cpu | cuda (the models are tiny: the CPU is used throughout)
+device = "auto"  # auto | cpu (CPU only: the models are too small for a GPU to help)
 epochs = None  # captioner epochs over the full corpus (None: the preset's)
 n_seeds = None  # training seeds per method and noise level (None: the preset's)
 n_bins = None  # alignment levels (None: the preset's; the official code uses 8)
@@ -124,7 +124,8 @@ cfg = runtime.resolve(
     PRESETS,
     preset,
     seed=seed,
-    device="cpu" if device == "auto" else device,
+    device=device,
+    cpu_only=True,
     threads=1,
     epochs=epochs,
     n_seeds=n_seeds,
