@@ -78,9 +78,20 @@ def glue(key: str, value: float | str | Estimate, digits: int = 4) -> float | in
     return stored
 
 
-def glue_all(values: Mapping[str, Any], digits: int = 4) -> dict[str, Any]:
+class Glued(dict):
+    """What :func:`glue_all` stored, by key: a dict that a notebook cell does not display.
+
+    The values are already in the prose, so a cell that ends with ``glue_all(...)`` shows
+    nothing rather than the raw dict.
+    """
+
+    def _ipython_display_(self) -> None:
+        """Display nothing."""
+
+
+def glue_all(values: Mapping[str, Any], digits: int = 4) -> Glued:
     """:func:`glue` every ``key: value`` of ``values``; return what was stored, by key."""
-    return {key: glue(key, value, digits) for key, value in values.items()}
+    return Glued({key: glue(key, value, digits) for key, value in values.items()})
 
 
 def glue_figure(key: str, figure: Any) -> None:

@@ -127,3 +127,21 @@ def test_full_column_and_carried_values():
     assert report.full_column(full, keys, "x_full") == full
     said = report.carried(book, full, keys, book_prefix="x", full_prefix="x_full", to="x_said")
     assert said["x_said_gain_verdict"] == verdicts.REPRODUCED and said["x_said_run"] == "`full`"
+
+
+def test_a_cell_ending_with_glue_all_displays_nothing():
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    with capture_output() as shown:
+        shell.run_cell("from noisefit_lib import report\nreport.glue_all({'k': 1.0})")
+
+    def dicts(shown):
+        texts = [o.data.get("text/plain", "") for o in shown.outputs] + [shown.stdout]
+        return [t for t in texts if "{'k'" in t]
+
+    assert dicts(shown) == []  # the glue record itself may be displayed, the dict is not
+    with capture_output() as shown:
+        shell.run_cell("{'k': 1.0}")  # the control: a plain dict is displayed
+    assert dicts(shown)
