@@ -16,3 +16,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real BPE tokenizer and chat template, read from the local GGUF."""
+    from noisefit_lib import smollm2
+
+    try:
+        gguf = smollm2.gguf_path()
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        pytest.skip(str(err))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -58,7 +58,8 @@ def test_train_and_predict_end_to_end(tmp_path, tiny_dir, capsys):
     rc = cli.main([
         "train", "--model", str(tiny_dir), "--train_data", str(train), "--output_dir", str(out),
         "--template", "plain", "--batch_size", "8", "--max_steps", "3", "--learning_rate", "1e-3",
-        "--num_noise_layers", "2", "--logging_steps", "1", "--save_steps", "2",
+        "--num_noise_layers", "2", "--logging_steps", "1", "--save_strategy", "steps",
+        "--save_steps", "2",
     ])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0, captured.err

@@ -170,3 +170,54 @@ def test_v2_undetached_is_v1_and_v2_is_fixed_with_the_unshifted_mask():
     assert L.V2_UNDETACHED == L.V1
     assert not any(vars(L.V1).values())
     assert L.V2 == L.KLConvention(shift=False)
+
+
+@pytest.mark.parametrize(("temp", "chunk"), [(1.0, 1), (1.0, 3), (2.0, 4), (1.0, 100)])
+def test_chunked_kl_has_the_values_and_gradients_of_the_one_chunk_loss(temp, chunk):
+    """v2's chunked KL: checkpointed chunks of target tokens, the same loss and gradients."""
+
+    def run(**kw):
+        zc, z1, z2 = (_logits(i).requires_grad_(True) for i in range(3))
+        terms = L.hybrid_loss(
+            None, zc, z1, z2, LABELS, temperature=temp, second_student=False, **kw
+        )
+        terms.total.backward()
+        return terms, zc.grad, z1.grad, z2.grad
+
+    whole, gc, g1, g2 = run()
+    chunked, hc, h1, h2 = run(kl_chunk_size=chunk)
+    for name in ("total", "ce", "soft", "consistency"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
+    torch.testing.assert_close(hc, gc)
+    torch.testing.assert_close(h1, g1)
+    assert g2 is None and h2 is None  # the second noisy pass stays forward-only
+    with pytest.raises(ValueError, match="default objective only"):
+        L.hybrid_loss(None, _logits(0), _logits(1), _logits(2), LABELS, kl_chunk_size=4)
+
+
+def test_chunked_kl_keeps_no_vocabulary_sized_tensor_for_the_backward():
+    """What autograd saves for the backward, beyond the logits themselves: the memory that
+    stays allocated from the loss's forward to its backward."""
+    g = torch.Generator().manual_seed(0)
+    z = [torch.randn(4, 64, 512, generator=g).requires_grad_(True) for _ in range(3)]
+    labels = torch.randint(0, 512, (4, 64), generator=g)
+    logits = {t.untyped_storage().data_ptr() for t in z}
+
+    def saved_bytes(**kw):
+        storages = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in logits:
+                storages[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            terms = L.hybrid_loss(None, *z, labels, second_student=False, **kw)
+        terms.total.backward()
+        return sum(storages.values())
+
+    one_chunk = saved_bytes()
+    chunked = saved_bytes(kl_chunk_size=32)
+    assert one_chunk > 3 * 4 * 63 * 512 * 4  # several (tokens x vocabulary) fp32 tensors
+    assert chunked < 4 * 63 * 512 * 4 / 20  # indices only

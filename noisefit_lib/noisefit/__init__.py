@@ -1,6 +1,7 @@
 """NoiseFiT: adaptive hidden-state noise for fine-tuning causal LMs, with its baselines.
 
-Modules (import them, not names; only ``trainer`` and ``cli`` import ``transformers``):
+Modules (import them, not names; only ``trainer``, ``sft`` and ``cli`` import ``transformers``
+when imported, ``sft`` also ``trl``):
 
 - ``noise``: the adaptive noise (pure functions) and NEFTune's embedding noise;
 - ``inject``: finding decoder layers and the noise-injecting context managers;
@@ -8,7 +9,9 @@ Modules (import them, not names; only ``trainer`` and ``cli`` import ``transform
 - ``layers`` and ``calibrate``: which layers get noise (v1 SNR and variants, v2 auto);
 - ``losses``: hybrid loss, its KL conventions, R-Drop; ``ablations``: v2's loss ablations;
 - ``trainer``: ``NoiseFiTTrainer`` and ``NoiseFiTConfig``;
-- ``data``, ``cli``: CSV data and ``python -m noisefit_lib.noisefit train|predict``;
+- ``data``, ``cli``, ``loading``, ``generation``: CSV data, the ``noisefit train|predict``
+  command line, model loading (GGUF, adapters, 4-bit) and answers that stop at the end of turn;
+- ``sft``: ``NoiseFiTSFTTrainer``, NoiseFiT on TRL's ``SFTTrainer`` (the ``[trl]`` extra);
 - ``toy_architectures``: toy models of each supported architecture, built from configs.
 
 Explained in: book/noisefit_library.md (the usage page) and chapters 2-6 of Part I

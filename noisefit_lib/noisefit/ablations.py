@@ -43,6 +43,7 @@ def ablation_loss(
     temperature: float = 1.0,
     faithful: bool = False,
     second_student: bool = True,
+    kl_chunk_size: int | None = None,
 ) -> LossTerms:
     """The v2 loss-component ablations.
 
@@ -70,6 +71,7 @@ def ablation_loss(
             ``kl_only`` and ``consistency_only`` undetached with T on the teacher only);
             otherwise :data:`FIXED` everywhere.
         second_student: for ``full``, see :func:`hybrid_loss`.
+        kl_chunk_size: for ``full``, see :func:`hybrid_loss`.
 
     Returns:
         :class:`LossTerms`.
@@ -119,6 +121,7 @@ def ablation_loss(
         temperature=temperature,
         convention=conv,
         second_student=second_student,
+        kl_chunk_size=kl_chunk_size,
     )
 
 

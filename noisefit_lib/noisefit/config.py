@@ -53,6 +53,9 @@ class NoiseFiTConfig:
             which leaves the loss value and the expected gradient unchanged (the two noisy
             passes are i.i.d.; see :func:`~noisefit_lib.noisefit.losses.hybrid_loss`).
         calibration_batches: batches used by ``layer_selection="auto"``.
+        kl_chunk_size: compute the loss terms over checkpointed chunks of this many target
+            tokens (v2's chunked KL: bounds the memory of the tokens x vocabulary
+            probabilities; same values). Default objective only; ``None``: one chunk.
         seed: noise seed (``args.seed`` when None); noise is reseeded every step, so a
             resumed run draws the same noise as an uninterrupted one.
     """
@@ -76,6 +79,7 @@ class NoiseFiTConfig:
     noisy2_grad: bool = False
     share_prefix: bool = False
     calibration_batches: int = 2
+    kl_chunk_size: int | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +99,29 @@ class NoiseFiTConfig:
             raise ValueError(f"hybrid_loss_alpha must be in [0, 1], got {self.hybrid_loss_alpha}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.kl_chunk_size is not None:
+            if self.kl_chunk_size < 1:
+                raise ValueError(f"kl_chunk_size must be >= 1, got {self.kl_chunk_size}")
+            if self.method != "noisefit" or self.faithful or self.noisy2_grad:
+                raise ValueError(
+                    "kl_chunk_size applies to the default noisefit objective only (not with "
+                    "faithful, noisy2_grad or another method)"
+                )
+
+    def refuse_hf_neftune(self, neftune_noise_alpha: float | None) -> None:
+        """Raise unless transformers' own NEFTune hook (``TrainingArguments``) is off or harmless.
+
+        Raises:
+            ValueError: ``neftune_noise_alpha`` is set while the method is not plain ``sft``:
+                the hook would add embedding noise to every pass, the clean teacher included.
+        """
+        if neftune_noise_alpha is not None and self.method != "sft":
+            raise ValueError(
+                f"neftune_noise_alpha={neftune_noise_alpha} turns on transformers' NEFTune hook, "
+                f"which would add embedding noise to every pass of method {self.method!r}, the "
+                "clean teacher included; unset it, and for NEFTune itself use method='neftune' "
+                "with neftune_alpha"
+            )
 
     @property
     def uses_layer_noise(self) -> bool:

@@ -100,6 +100,7 @@ def tokenize_pairs(
     template: str = "chatml_v1",
     max_length: int = 256,
     completion_only: bool = False,
+    add_eos: bool = False,
 ) -> list[dict[str, list[int]]]:
     """Tokenise pairs into ``input_ids`` (and ``labels`` when ``completion_only``).
 
@@ -109,15 +110,22 @@ def tokenize_pairs(
         template: one of :data:`TEMPLATES`.
         max_length: truncate to this many tokens.
         completion_only: mask the prompt tokens out of the loss (v1 trains on the whole text).
+        add_eos: end each text with the tokenizer's EOS, so that the model learns to stop
+            (see :func:`ends_with_eos`); the command line's ``train`` does, unless ``--no_eos``.
 
     Returns:
         One dict per pair.
     """
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise ValueError("add_eos=True, but the tokenizer has no eos_token_id")
     out = []
     for pair in pairs:
         text = format_pair(pair["prompt"], pair["response"], template)
-        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        item: dict[str, list[int]] = {"input_ids": list(ids)}
+        ids = list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+        if add_eos and not ends_with_eos(ids, eos) and len(ids) < max_length:
+            ids.append(eos)  # a truncated text gets none: the model must not learn to stop there
+        item: dict[str, list[int]] = {"input_ids": ids}
         if completion_only:
             head = tokenizer(format_prompt(pair["prompt"], template))["input_ids"]
             n = len(head)
@@ -126,6 +134,15 @@ def tokenize_pairs(
             item["labels"] = [IGNORE_INDEX] * min(n, len(ids)) + list(ids[n:])
         out.append(item)
     return out
+
+
+def ends_with_eos(ids: Sequence[int], eos_token_id: int) -> bool:
+    """Whether a text already ends its turn with EOS.
+
+    A ChatML tokenizer whose EOS is ``<|im_end|>`` (SmolLM2, Qwen) ends ``chatml_v1`` texts with
+    ``<|im_end|>`` and a newline, so EOS counts as present when it is among the last two tokens.
+    """
+    return eos_token_id in list(ids[-2:])
 
 
 @dataclass

@@ -36,21 +36,21 @@ LAYER_PATHS: tuple[str, ...] = (
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP/accelerate (``.module``) and PEFT (``get_base_model()``) wrappers."""
-    seen = 0
-    while seen < 8:
-        seen += 1
-        if isinstance(model, nn.parallel.DistributedDataParallel) or (
-            type(model).__name__ in {"DistributedDataParallel", "DataParallel"}
-        ):
-            model = model.module
-        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
+    """The model inside its wrappers: DDP, FSDP, DeepSpeed, ``torch.compile`` and PEFT.
+
+    The distributed and compiled containers are stripped by accelerate's
+    ``extract_model_from_parallel`` (what ``Trainer`` itself uses), PEFT's by
+    ``get_base_model()``; the two alternate until neither applies.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    for _ in range(8):
+        inner = extract_model_from_parallel(model, keep_torch_compile=False)
+        if inner is model and hasattr(model, "get_base_model") and callable(model.get_base_model):
             inner = model.get_base_model()
-            if inner is model:
-                break
-            model = inner
-        else:
+        if inner is model:
             break
+        model = inner
     return model
 
 
@@ -217,6 +217,19 @@ class NoiseInjector:
     def noise_ratios(self) -> dict[int, float]:
         """Std of the last noise added at each layer, divided by that layer's hidden std."""
         return {i: float(r) for i, r in sorted(self._ratio.items())}
+
+    def keep_out_of_checkpointing(self) -> None:
+        """Run the noisy blocks without activation checkpointing.
+
+        A checkpointed block is run again during the backward pass. Were its noise hook inside
+        the replay, the replay would add noise that differs from the forward's (or none, outside
+        :meth:`active`), and the gradient would belong to another network. Transformers'
+        ``GradientCheckpointingLayer`` keeps module hooks outside the replay in recent releases;
+        exempting the k noisy blocks makes it so in every release, for the memory of k blocks.
+        """
+        for i in self.layers:
+            if getattr(self.blocks[i], "gradient_checkpointing", False):
+                self.blocks[i].gradient_checkpointing = False
 
     def __enter__(self) -> NoiseInjector:
         self.open()

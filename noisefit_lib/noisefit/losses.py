@@ -220,6 +220,7 @@ def hybrid_loss(
     temperature: float = 1.0,
     convention: KLConvention = FIXED,
     second_student: bool = True,
+    kl_chunk_size: int | None = None,
 ) -> LossTerms:
     """NoiseFiT's loss ``alpha * CE + (1 - alpha) * soft + lam * consistency``.
 
@@ -241,13 +242,35 @@ def hybrid_loss(
             be a forward-only pass; the loss value is unchanged and, the two noisy passes being
             i.i.d., the gradient has the same expectation (``grad KL_1`` instead of
             ``(grad KL_1 + grad KL_2) / 2``), with a little more variance.
+        kl_chunk_size: compute the terms over chunks of this many target tokens, each chunk
+            checkpointed, so that the (tokens x vocabulary) probabilities of only one chunk are
+            in memory at a time, in the forward and the backward pass (v2's chunked KL). Same
+            values and gradients; one more log-softmax per chunk in the backward. Only for the
+            default objective (detached targets, ``second_student=False``).
 
     Returns:
         :class:`LossTerms` with ``total``, ``ce``, ``soft`` and ``consistency``.
+
+    Raises:
+        ValueError: ``kl_chunk_size`` with another objective, or below 1.
     """
     kw = {"temperature": temperature, "convention": convention}
     fast = convention.detach_teacher and convention.detach_consistency_target
-    if not second_student and fast and convention.temperature_on_student:
+    fast = fast and convention.temperature_on_student and not second_student
+    if kl_chunk_size is not None:
+        if not fast:
+            raise ValueError(
+                "kl_chunk_size applies to the default objective only (detached targets, "
+                "second_student=False)"
+            )
+        if kl_chunk_size < 1:
+            raise ValueError(f"kl_chunk_size must be >= 1, got {kl_chunk_size}")
+        ce, soft, cons = _chunked_detached_targets_kl(
+            ce, clean, noisy1, noisy2, labels, temperature, convention, kl_chunk_size
+        )
+        total = alpha * ce + (1.0 - alpha) * soft + lam * cons
+        return _terms(total, ce=ce, soft=soft, consistency=cons)
+    if fast:
         ce, soft, cons = _detached_targets_kl(
             ce, clean, noisy1, noisy2, labels, temperature, convention
         )
@@ -317,6 +340,85 @@ def _detached_targets_kl(
     if convention.t_squared:
         soft, cons = soft * t**2, cons * t**2
     return ce, soft, cons
+
+
+def _chunk_sums(
+    zc: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    target: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    t: float,
+    with_ce: bool,
+) -> torch.Tensor:
+    """Sums over the positions ``(rows, cols)``: ``[CE, KL(p || q1), KL(p || q2), KL(q2 || q1)]``.
+
+    The chunk is selected here, inside the checkpoint, so that the backward pass keeps only the
+    logits (alive anyway) and the indices. Gradients flow into ``z1`` (both KLs to it) and,
+    through the CE, into ``zc``; ``p`` and ``q2`` are targets.
+    """
+    logq1 = F.log_softmax(_scaled(z1[rows, cols], t), dim=-1)
+    ce = logq1.new_zeros(())
+    logp = None
+    if with_ce:
+        logp_grad = F.log_softmax(_up(zc[rows, cols]), dim=-1)
+        ce = -logp_grad.gather(-1, target[rows, cols].unsqueeze(-1)).sum()
+        logp = logp_grad.detach() if t == 1.0 else None
+    with torch.no_grad():
+        if logp is None:
+            logp = F.log_softmax(_scaled(zc[rows, cols], t), dim=-1)
+        logq2 = F.log_softmax(_scaled(z2[rows, cols], t), dim=-1)
+        p, q2 = logp.exp(), logq2.exp()
+        kl2 = (p * (logp - logq2)).sum()
+        neg_h_p, neg_h_q2 = (p * logp).sum(), (q2 * logq2).sum()
+    kl1 = neg_h_p - (p * logq1).sum()
+    cons = neg_h_q2 - (q2 * logq1).sum()
+    return torch.stack((ce, kl1, kl2.to(kl1.dtype), cons))
+
+
+def _chunked_detached_targets_kl(
+    ce: torch.Tensor | None,
+    clean: torch.Tensor,
+    noisy1: torch.Tensor,
+    noisy2: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    convention: KLConvention,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_detached_targets_kl` over checkpointed chunks of ``chunk`` target tokens."""
+    from torch.utils.checkpoint import checkpoint
+
+    zc, mask = _align(clean, labels, convention.shift)
+    z1, _ = _align(noisy1, labels, convention.shift)
+    z2, _ = _align(noisy2, labels, convention.shift)
+    target = labels[:, 1:] if convention.shift else labels
+    rows, cols = mask.nonzero(as_tuple=True)
+    n = mask.sum().clamp_min(1)
+    with_ce = ce is None
+    parts = [
+        checkpoint(
+            _chunk_sums,
+            zc,
+            z1,
+            z2,
+            target,
+            rows[i : i + chunk],
+            cols[i : i + chunk],
+            temperature,
+            with_ce,
+            use_reentrant=False,
+        )
+        for i in range(0, rows.numel(), chunk)
+    ]
+    dtype = torch.promote_types(z1.dtype, torch.float32)
+    sums = torch.stack(parts).sum(0) if parts else torch.zeros(4, dtype=dtype, device=z1.device)
+    ce_sum, kl1, kl2, cons = sums / n
+    soft = kl1 + 0.5 * (kl2 - kl1).detach()
+    if convention.t_squared:
+        soft, cons = soft * temperature**2, cons * temperature**2
+    return (ce_sum if with_ce else ce), soft, cons
 
 
 def symmetric_kl(

@@ -45,22 +45,36 @@ def _seed_of(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class NoiseFiTTrainer(Trainer):
-    """``Trainer`` running one of :data:`METHODS` (works with PEFT models and ``accelerate``).
+class NoiseFiTMixin:
+    """NoiseFiT for any ``transformers.Trainer`` subclass: put it first among the bases.
+
+    ``class MyTrainer(NoiseFiTMixin, Trainer)`` is :class:`NoiseFiTTrainer`;
+    ``noisefit_lib.noisefit.sft.NoiseFiTSFTTrainer`` mixes it into TRL's ``SFTTrainer``. It
+    replaces ``compute_loss`` (the method's loss on the batch's ``labels``), installs the noise
+    hooks around ``train``, adds the loss terms to ``log`` and writes ``noisefit.json`` wherever
+    the model is saved (``save_model``, which checkpoints call too).
 
     Each loss term is averaged over the logging window and logged as ``nf_<term>``, with the
     noise-to-hidden std ratio of each noisy layer as ``nf_ratio_<layer>``. The chosen layers and
     settings are saved as ``noisefit.json`` next to every checkpoint and reused on resume.
 
     Args:
-        *args: passed to ``Trainer``.
+        *args: passed to the trainer.
         noisefit: the method's settings (defaults: :class:`NoiseFiTConfig`).
-        **kwargs: passed to ``Trainer``.
+        **kwargs: passed to the trainer.
+
+    Raises:
+        ValueError: ``args.neftune_noise_alpha`` is set while the method is not plain ``sft``
+            (transformers' own NEFTune hook would then perturb every pass, the clean teacher
+            included: use ``NoiseFiTConfig(method="neftune", neftune_alpha=...)`` instead).
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
     def __init__(self, *args: Any, noisefit: NoiseFiTConfig | None = None, **kwargs: Any) -> None:
+        nf = noisefit or NoiseFiTConfig()
+        train_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        nf.refuse_hf_neftune(getattr(train_args, "neftune_noise_alpha", None))
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # library code does not print; logs are in state
         launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -70,7 +84,7 @@ class NoiseFiTTrainer(Trainer):
                 "each process would train alone; on a CPU-only machine pass use_cpu=True",
                 stacklevel=2,
             )
-        self.nf = noisefit or NoiseFiTConfig()
+        self.nf = nf
         self.choice: LayerChoice | None = None
         self._injector: NoiseInjector | None = None
         self._neftune: NEFTuneInjector | None = None
@@ -262,7 +276,12 @@ class NoiseFiTTrainer(Trainer):
             kinds = [k for k in ("clean", "noisy1", "noisy2") if needs[k] and grad[k] == with_grad]
             z.update(self._run(model, x, kinds, with_grad))
         terms = ablations.ablation_loss(
-            mode, labels, **{k: z.get(k) for k in needs}, second_student=cfg.noisy2_grad, **kw
+            mode,
+            labels,
+            **{k: z.get(k) for k in needs},
+            second_student=cfg.noisy2_grad,
+            kl_chunk_size=cfg.kl_chunk_size,
+            **kw,
         )
         return terms, z.get("clean", z["noisy1"])
 
@@ -316,6 +335,8 @@ class NoiseFiTTrainer(Trainer):
             loss = L.causal_ce(out.logits, inputs["labels"])
             return (loss, out) if return_outputs else loss
         self._reseed()
+        if self._injector is not None:  # the Trainer turns checkpointing on after setup_noise
+            self._injector.keep_out_of_checkpointing()
         terms, out = self._terms(model, inputs)
         self._accumulate(terms)
         if return_outputs:
@@ -350,9 +371,17 @@ class NoiseFiTTrainer(Trainer):
             self._sums, self._count = {}, 0
         super().log(logs, start_time)
 
-    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        super()._save(output_dir, state_dict)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``save_model``, plus ``noisefit.json`` (settings and chosen layers) in the folder.
+
+        Checkpoints go through here too, so every ``checkpoint-*`` folder has the file that
+        ``train(resume_from_checkpoint=...)`` reads back. Only the main process writes it.
+        """
+        super().save_model(output_dir, _internal_call)
+        if not self.args.should_save:
+            return
         out = output_dir or self.args.output_dir
+        os.makedirs(out, exist_ok=True)
         payload = {
             "config": asdict(self.nf),
             "choice": asdict(self.choice) if self.choice else None,
@@ -361,3 +390,11 @@ class NoiseFiTTrainer(Trainer):
         with open(tmp, "w") as fh:
             json.dump(payload, fh, indent=2, default=str)
         os.replace(tmp, os.path.join(out, STATE_FILE))
+
+
+class NoiseFiTTrainer(NoiseFiTMixin, Trainer):
+    """``Trainer`` running one of :data:`METHODS` (works with PEFT models and ``accelerate``).
+
+    See :class:`NoiseFiTMixin` for what it adds; TRL users take
+    ``noisefit_lib.noisefit.sft.NoiseFiTSFTTrainer``, the same mixin on ``SFTTrainer``.
+    """

@@ -84,6 +84,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -94,12 +95,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 with warnings.catch_warnings():  # tqdm's "IProgress not found" names a local path: not stored
     warnings.filterwarnings("ignore", message="IProgress not found")
+    import datasets
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
     from transformers.utils import logging as hf_logging
+    from trl import SFTConfig
 
 from noisefit_lib import (
     answers,
@@ -114,10 +118,13 @@ from noisefit_lib import (
 )
 from noisefit_lib.noisefit import calibrate, cli, data, inject, noise
 from noisefit_lib.noisefit import layers as nf_layers
+from noisefit_lib.noisefit.sft import NoiseFiTSFTTrainer
 from noisefit_lib.noisefit.trainer import STATE_FILE, NoiseFiTConfig, NoiseFiTTrainer
 
 hf_logging.set_verbosity_error()  # no info lines from transformers in the stored outputs
 hf_logging.disable_progress_bar()
+datasets.disable_progress_bars()  # TRL prepares its data with datasets' map: bars have timings
+logging.getLogger("trl").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 PRESETS = {
@@ -452,6 +459,8 @@ def make_trainer(
     logging_steps: int = 1,
     save_steps: int = 0,
     dataset: list | None = None,
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
     **settings,
 ) -> NoiseFiTTrainer:
     """A NoiseFiTTrainer on `dataset` (default: the training pairs) with this chapter's settings."""
@@ -469,6 +478,8 @@ def make_trainer(
         seed=run_seed,
         use_cpu=cfg.device == "cpu",
         dataloader_pin_memory=False,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
     )
     nf = NoiseFiTConfig(
         method=method, **{"noise_std": cfg.noise_std, "num_noise_layers": cfg.k, **settings}
@@ -610,6 +621,91 @@ for item, answer, outcome in zip(ev.items, ev.answers, ev.outcomes, strict=True)
     print(f"{item.prompt} {answer!r:14} truth {item.gold!r:14} {outcome}")
 
 # %% [markdown]
+# ### With TRL's `SFTTrainer`
+#
+# Most chat models are fine-tuned with TRL's `SFTTrainer`, and the official NoiseFiT trainer is a
+# subclass of it. So is `NoiseFiTSFTTrainer` (`pip install "noisefit-lib[trl]"`): TRL prepares
+# the data as its users expect, from a `datasets.Dataset` with a `text` field, a
+# `formatting_func`, `messages` rendered by the tokenizer's chat template, or `prompt` and
+# `completion` columns with the loss on the completion only; NoiseFiT then trains on the labels
+# TRL built, with the same passes, hooks, logged terms and `noisefit.json` as `NoiseFiTTrainer`.
+# Our pairs as a prompt-completion dataset:
+
+# %%
+trl_rows = datasets.Dataset.from_list(
+    [{"prompt": p["prompt"], "completion": " " + p["response"]} for p in pairs]
+)
+trl_trainer = NoiseFiTSFTTrainer(
+    model=load_model(),
+    args=SFTConfig(
+        output_dir=str(RUN / "trl"),
+        per_device_train_batch_size=cfg.batch_size,
+        max_steps=cfg.demo_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        use_cpu=cfg.device == "cpu",
+        dataloader_pin_memory=False,
+        max_length=64,
+    ),
+    train_dataset=trl_rows,
+    processing_class=tokenizer,
+    noisefit=NoiseFiTConfig(noise_std=cfg.noise_std, num_noise_layers=cfg.k),
+)
+row = trl_trainer.train_dataset[0]
+print(tokenizer.convert_ids_to_tokens(row["input_ids"]))
+print(row["labels"])
+trl_trainer.train()
+trl_logs = [h for h in trl_trainer.state.log_history if "loss" in h]
+print("logged terms:", sorted(k for k in trl_logs[-1] if k.startswith("nf_")))
+print("noisy blocks:", trl_trainer.choice.layers, "| steps:", trl_trainer.state.global_step)
+
+# %% [markdown]
+# The prompt is masked ($-100$) and the completion, with its end of sequence, is the target.
+# TRL appends EOS to each completion, and our word-level tokenizer wraps every text in
+# `<bos> ... <eos>` of its own, hence the two; a hub tokenizer adds none of its own. A chat
+# dataset is one column of `messages` (`[{"role": "user", ...}, {"role": "assistant", ...}]`)
+# rendered by the tokenizer's chat template; the test suite trains on one with SmolLM2's real
+# tokenizer and checks that only the assistant's turn is a target. TRL's sequence packing
+# (`packing=True`, `padding_free=True`) is refused: NoiseFiT stacks the clean and noisy passes of
+# each batch, one sequence per row. So is `neftune_noise_alpha`, which would switch on
+# transformers' own NEFTune hook and perturb every pass, the clean teacher's too.
+#
+# ### Mixed precision, 4-bit weights and memory
+#
+# `bf16=True` (or `fp16=True` on a GPU) trains under autocast with fp32 master weights; the noise
+# is drawn in the dtype of the hidden state it is added to, and the losses' softmax over the
+# vocabulary is computed in fp32. A CPU with bfloat16 support runs it too, which is how we check
+# it here: the same run as `demo` above, in bf16.
+
+# %%
+bf16_run = make_trainer(
+    load_model(), RUN / "bf16", steps=cfg.demo_steps, run_seed=cfg.seed, bf16=True
+)
+bf16_run.train()
+bf16_logs = [h for h in bf16_run.state.log_history if "loss" in h]
+fp32_logs = [h for h in demo.state.log_history if "loss" in h]
+finite = all(np.isfinite(h[t]) for h in bf16_logs for t in ("loss", "nf_soft", "nf_consistency"))
+bf16_gap = abs(bf16_logs[-1]["loss"] - fp32_logs[-1]["loss"]) / fp32_logs[-1]["loss"]
+print("every bf16 loss term finite:", finite)
+print("last loss within 5 % of the fp32 run's:", bool(bf16_gap < 0.05))
+assert finite and bf16_gap < 0.05
+
+# %% [markdown]
+# (The bf16 numbers themselves depend on the CPU's bfloat16 instructions, so only these checks
+# are stored.) The paper's runs load the base model in 4-bit NF4 and train LoRA adapters over it
+# (QLoRA): the command line's `--load_in_4bit` does that, with double quantisation and bf16
+# compute, where CUDA and `bitsandbytes` are present, and refuses in one line elsewhere (shown
+# with the command line below). Activation checkpointing (`gradient_checkpointing=True`, TRL's
+# default) works too: a checkpointed block is run again in the backward pass, and a noise hook
+# inside that replay would add different noise (or none), so the trainer keeps the few noisy
+# blocks out of checkpointing; a test checks that a checkpointed run ends with the same weights.
+
+# %% [markdown]
 # ### The command line
 #
 # The same training from a shell needs only the CSV file. We run it as a user would, in the
@@ -644,33 +740,30 @@ def run_cli(*args: str, cwd: Path = RUN / "cli") -> tuple[int, str, str]:
 
 
 # %% [markdown]
-# `train` on the CSV file, with LoRA (the default) and the checkpoint folder as `--model`:
+# `train` on the CSV file, with LoRA (the default) and the checkpoint folder as `--model`. Every
+# option is declared once, from dataclasses, by transformers' `HfArgumentParser`: NoiseFiT's
+# settings (the fields of `NoiseFiTConfig`), every `TrainingArguments` flag (`--bf16`,
+# `--warmup_steps`, `--eval_strategy` with `--eval_data`, `--report_to tensorboard`, ...), and
+# the model, data and LoRA options. They can come from a YAML file, `--config run.yaml`, with
+# flags on the command line taking precedence; this run keeps its settings in one:
 
 # %%
-status, out, err = run_cli(
-    "train",
-    "--model",
-    "../checkpoint",
-    "--train_data",
-    "train.csv",
-    "--output_dir",
-    "nf",
-    "--template",
-    TEMPLATE,
-    "--completion_only",
-    "--batch_size",
-    str(cfg.batch_size),
-    "--max_steps",
-    str(cfg.cli_steps),
-    "--learning_rate",
-    "1e-3",
-    "--logging_steps",
-    "5",
-    "--num_noise_layers",
-    str(cfg.k),
-    "--seed",
-    str(cfg.seed),
-)
+run_config = {
+    "model": "../checkpoint",
+    "train_data": "train.csv",
+    "output_dir": "nf",
+    "template": TEMPLATE,
+    "completion_only": True,
+    "batch_size": cfg.batch_size,
+    "max_steps": cfg.cli_steps,
+    "learning_rate": 1e-3,
+    "logging_steps": 5,
+    "num_noise_layers": cfg.k,
+    "seed": cfg.seed,
+}
+(RUN / "cli" / "train.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+print((RUN / "cli" / "train.yaml").read_text())
+status, out, err = run_cli("train", "--config", "train.yaml")
 assert status == 0, err[-2000:]
 summary = json.loads(out.strip().splitlines()[-1])  # the last line: a JSON summary
 print("steps:", summary["steps"], "| noisy blocks:", summary["layers"])
@@ -734,6 +827,35 @@ status, out, err = run_cli(
 )
 print("exit status", status)
 print(err.strip())
+
+# %% [markdown]
+# and so does an option this machine cannot run, such as the paper's 4-bit weights without a
+# GPU:
+
+# %%
+status_4bit, _, err_4bit = run_cli("train", "--config", "train.yaml", "--load_in_4bit")
+print("exit status", status_4bit)
+print(err_4bit.strip() if status_4bit else "4-bit loading is available here (a CUDA machine)")
+
+# %% [markdown]
+# `--profile paper` sets the official run's settings in one flag (gradient accumulation 4, so an
+# effective batch of 16, 1,000 steps, sequence length 1,024, a checkpoint per epoch, LoRA on the
+# query and value projections; for `predict`, five sampled answers with repetition penalty
+# {glue:text}`paper_repetition_penalty`); the defaults' departures from it, and why, are listed
+# on {doc}`/book/noisefit_library`. Any flag given with it still wins:
+
+# %%
+script_args, nf_args, train_args = cli.parse(
+    "train",
+    ["--config", str(RUN / "cli" / "train.yaml"), "--profile", "paper", "--max_steps", "20"],
+)
+print(
+    "gradient accumulation:", train_args.gradient_accumulation_steps,
+    "| max_steps:", train_args.max_steps,
+    "| save_strategy:", train_args.save_strategy.value,
+    "| max_length:", script_args.max_length,
+)  # fmt: skip
+_ = report.glue("paper_repetition_penalty", cli.PROFILES["predict"]["paper"]["repetition_penalty"])
 
 # %% [markdown]
 # ### Several GPUs
