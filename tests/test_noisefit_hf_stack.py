@@ -314,3 +314,15 @@ def test_tensorboard_receives_the_loss_terms(tmp_path, capsys):
     for term in ("nf_ce", "nf_soft", "nf_consistency"):
         assert f"train/{term}" in tags, sorted(tags)
         assert [e.step for e in acc.Scalars(f"train/{term}")] == [1, 2, 3]
+
+
+def test_unwrapping_through_data_parallel_compile_and_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from noisefit_lib.noisefit.inject import find_decoder_layers, unwrap_model
+
+    model = toy_architectures.toy_model("llama", hidden=16, layers=2, vocab=50)
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    for wrapped in (torch.nn.DataParallel(model), torch.compile(model), torch.compile(lora)):
+        assert unwrap_model(wrapped) is model
+        assert find_decoder_layers(wrapped) is model.model.layers
