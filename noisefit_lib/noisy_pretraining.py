@@ -11,8 +11,8 @@
   the paper's feature-space diagnostics, with the official preprocessing;
 * :class:`ResidualMLP` and :func:`nmtune_loss`: NMTune's tuner and loss, as in the official code.
 
-For chapter 18 of the book, *When pre-training labels lie* (NMTune, Chen et al., ICLR 2024),
-which is not written yet. The loss and the spectrum are tested against the official code
+Explained in: notebooks/part3_noisy_labels/18_noisy_pretraining.py (cite:
+chen2024understanding). The loss and the spectrum are tested against the official code
 (``Hhhhhhao/Noisy-Model-Learning``) in tests/test_nmtune_reference.py.
 """
 
