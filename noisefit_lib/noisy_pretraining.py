@@ -185,14 +185,9 @@ def pretrain(
     with torch.no_grad():
         predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(1024)])
     corrupted = labels != clean_labels
-    memorised = (
-        (predicted[corrupted] == labels[corrupted]).float().mean() if corrupted.any() else None
-    )
-    return Pretrained(
-        model,
-        float((predicted == labels).float().mean()),
-        float("nan") if memorised is None else float(memorised),
-    )
+    # the mean over no corrupted examples is nan, which is what a clean run should report
+    memorised = (predicted[corrupted] == labels[corrupted]).float().mean()
+    return Pretrained(model, float((predicted == labels).float().mean()), float(memorised))
 
 
 def feature_spectrum(features: torch.Tensor) -> torch.Tensor:

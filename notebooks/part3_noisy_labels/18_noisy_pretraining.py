@@ -617,7 +617,7 @@ def mean_of(table, task, rate, method, value="test_acc"):
     return rows[value].mean()
 
 
-def verdicts_by_rate(effects, claim):
+def by_rate(effects, claim):
     """'5 %: reproduced; 10 %: ...' for one claim judged at every noisy rate."""
     rows = effects[effects["claim"] == claim]
     return "; ".join(f"{round(100 * row.rate)} %: {row.verdict}" for row in rows.itertuples())
@@ -718,7 +718,7 @@ if full is not None:
         "nmtune_full_official_clean": mean_of(full_runs, "out-of-domain", 0.0, "NMTune"),
         "nmtune_full_rescaled_clean": mean_of(full_runs, "out-of-domain", 0.0, "NMTune, rescaled"),
         **{
-            f"nmtune_full_{key}_rates": verdicts_by_rate(full_effects, CLAIMS[key])
+            f"nmtune_full_{key}_rates": by_rate(full_effects, CLAIMS[key])
             for key in ("mlp_official", "mlp_rescaled")
         },
     }
