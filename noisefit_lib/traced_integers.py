@@ -13,6 +13,10 @@ Havrilla & Iyer (2024, TInt):
 ``doc`` (the contamination fraction) is the share of documents that receive noise. The nominal
 rate is ``p``; the effective rate is the share of documents whose answer is wrong.
 
+The static law matches the official code (``Dahoas/transformer_arithmetic``) in
+tests/test_tint_reference.py; its dynamic noise differs slightly (replacements from 0-8, leading
+zeros kept), as that test's docstring says.
+
 Explained in: notebooks/part3_noisy_labels/17_noise_in_chains_of_thought.py. Cite: havrilla2024tint.
 """
 

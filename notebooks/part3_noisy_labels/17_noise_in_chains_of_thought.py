@@ -258,6 +258,21 @@ print(ti.make_document((3, 5, 9, 1), "clean", 0, False, None).text, "| dynamic:"
 print("checked: our corruptions equal the library's on 300 problems")
 
 # %% [markdown]
+# The library is in turn tested against the official TInt code (`Dahoas/transformer_arithmetic`,
+# commit `7e5fe0a`): we ran its static noise (`add_char_noise`, `add_static_noise`) and its
+# noisy `TInt` constructor (dynamic noise) once, outside this repository, on fixed numerals with
+# fixed seeds, and committed only counts of their outputs (`tests/fixtures/tint_reference.json`).
+# The official code draws from torch's and numpy's global generators, so
+# `tests/test_tint_reference.py` compares distributions rather than draws: our static noise has
+# the official law (each digit changes with probability $0.9p$, replacements uniform over
+# 0-9, the contaminated share as `doc_noise`). Two differences remain and are ours: the
+# official dynamic noise draws replacements from 0-8 (numpy's `randint(0, 9)` excludes its upper
+# bound) and leaves leading zeros alone, because its numbers are not zero-padded; we resample
+# both digits of the padded total from 0-9 under both noises (one corruption rule for both
+# kinds), so a one-digit total can also slip to two digits. A significant digit changes with
+# probability $8p/9$ there against $0.9p$ here; the test bounds the gap (0.02 per digit at every
+# $p$). The official line noise (deleting trace lines) is exercise 3.
+#
 # The shares of wrong answers {eq}`eq-tint-wrong`, on 20,000 generated documents per setting:
 
 # %%
