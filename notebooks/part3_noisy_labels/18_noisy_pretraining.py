@@ -851,6 +851,10 @@ _ = report.glue_all(
 # - NMTune's loss is not scale-invariant: its covariance term grows as the fourth power of the
 #   feature scale and breaks the tuner on large features; rescaled, NMTune against the MLP:
 #   *{glue:text}`nmtune_said_mlp_rescaled_verdict`*.
+# - Full fine-tuning, the white-box reference, is no upper bound with twenty shots per class: FT
+#   minus the rescaled NMTune at {glue:text}`nmtune_worst` noise, out of domain,
+#   {glue:text}`nmtune_ft_gap_ood_worst` (`book`), and noise raises FT's out-of-domain accuracy
+#   too (*{glue:text}`nmtune_said_ood_ft_verdict`*).
 #
 # ## Exercises
 #
