@@ -1,4 +1,7 @@
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,25 @@ def test_outputs_are_named_by_chapter_preset_and_overrides():
 )
 def test_values_are_typed(text, value):
     assert run_chapter.parse_value(text) == value
+
+
+def test_papermill_parameter_names_are_read_from_a_papermill_command_line():
+    args = ["-p", "seed", "1", "--log-output", "-r", "device", "cuda", "--parameters", "x", "2"]
+    assert run_chapter.papermill_parameter_names(args) == ["seed", "device", "x"]
+    assert run_chapter.main(["--check-papermill-args", str(CHAPTER), "-p", "seed", "1"]) == 0
+
+
+def test_gpu_run_refuses_an_unknown_parameter_before_running(tmp_path):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "NOISEFIT_SITE": str(tmp_path / "site"),
+        "NOISEFIT_RUNS_DIR": str(tmp_path / "runs"),
+    }
+    result = subprocess.run(
+        ["bash", ROOT / "tools" / "gpu_run.sh", CHAPTER, "-p", "n_seed", "3"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "has no parameter(s) n_seed" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -22,6 +22,8 @@ if ! PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import papermill,
 fi
 export PYTHONPATH="$root:$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
 python3 "$root/tools/check_deps.py"   # every dependency present before a long run, or stop here
+# papermill only warns about a parameter the chapter lacks (a typo would run the default): refuse
+python3 "$root/tools/run_chapter.py" --check-papermill-args "$nb" "$@"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
 python3 -m ipykernel install --prefix "$site/kernel" --name python3 >/dev/null
 export JUPYTER_PATH="$site/kernel/share/jupyter"

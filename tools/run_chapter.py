@@ -8,6 +8,7 @@ never overwrites itself: ``runs/<chapter>-<preset>-<hash>.ipynb``. The chapter i
 results file (``runs/<chapter>/<preset>-seed<seed>[-<hash>].json``) with the overrides recorded.
 
 Usage: python tools/run_chapter.py NOTEBOOK [--preset book] [-p NAME VALUE]... [--out runs]
+       python tools/run_chapter.py --check-papermill-args NOTEBOOK [PAPERMILL ARGS]...
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
         raise SystemExit(2)
 
 
+def papermill_parameter_names(args: list[str]) -> list[str]:
+    """The names a papermill command line sets: ``-p NAME VALUE``, ``-r NAME VALUE`` and the
+    long forms; other papermill options are skipped."""
+    flags = ("-p", "--parameters", "-r", "--parameters_raw")
+    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in flags]
+
+
+def check_papermill_args(argv: list[str]) -> int:
+    """``run_chapter.py --check-papermill-args NOTEBOOK ARGS...``: refuse unknown names (exit 2).
+
+    For scripts that call papermill themselves (``tools/gpu_run.sh``): the same check as a run.
+    """
+    if not argv or not Path(argv[0]).is_file():
+        sys.stderr.write("usage: run_chapter.py --check-papermill-args NOTEBOOK [ARGS...]\n")
+        return 2
+    check_parameters(Path(argv[0]), dict.fromkeys(papermill_parameter_names(argv[1:])))
+    return 0
+
+
 def output_name(notebook: Path, parameters: dict[str, Any]) -> str:
     """``<chapter>-<preset>[-<hash of the other parameters>].ipynb``."""
     others = {k: v for k, v in parameters.items() if k != "preset"}
@@ -55,6 +75,9 @@ def output_name(notebook: Path, parameters: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--check-papermill-args"]:
+        return check_papermill_args(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path, help="a chapter's .ipynb")
     parser.add_argument("--preset", default="book", help="smoke, book (default) or full")

@@ -1020,9 +1020,9 @@ report.glue_all(
 #
 # The `full` preset pretrains three 34M-parameter base models on three 5,000-person worlds with 6
 # attributes, on a lent GPU machine with `tools/gpu_run.sh` (see {doc}`/book/running`); the model
-# of seed 0 is the one chapters 2-6 fine-tune under `full`. This section never recomputes it; it
-# reads the committed results file with the same functions as the book run.
-# {glue:text}`full_status`
+# of seed 0 is the one chapters 2-6 fine-tune under `full`. This section never recomputes it:
+# where a results file is committed, it is read with the same functions as the book run; the
+# line below says whether one is. {glue:text}`full_status`
 
 # %%
 full_values = dict.fromkeys(("full_acc_test_known", "full_hall_test_known"), "no run committed")

@@ -1214,8 +1214,9 @@ print(pd.DataFrame({"book": book_verdicts, "full": full_verdicts, "verdict": fin
 #
 # The `full` preset runs the same code on the 8-layer `full` base model ($k = 3$) and on
 # 16-layer tiny models of width 256, five seeds per architecture, on a lent GPU machine. This
-# section never recomputes it; it reads the committed results file with the same functions as
-# the book run, and its verdicts are in the table above. {glue:text}`full_status`
+# section never recomputes it: where a results file is committed, it is read with the same
+# functions as the book run and its verdicts join the table above; the line below says whether
+# one is. {glue:text}`full_status`
 
 # %%
 report.glue("full_status", records.status(full, cfg.chapter, "full"))

@@ -1146,9 +1146,9 @@ print(pd.DataFrame({"book": book_verdicts, "full": full_verdicts, "verdict": fin
 # The `full` preset runs the same sweep on the 34M-parameter, 8-block base model of chapter 1 with
 # 128 sequences for the hidden-state statistics, 64 for the loss and gradient measurements, seven
 # noise levels, five noise seeds and four antithetic pairs per gradient, on a lent GPU machine
-# with `tools/gpu_run.sh` (see {doc}`/book/running`). This section never recomputes it; it reads
-# the committed results file with the same functions as the book run, and its verdicts are in the
-# table above. {glue:text}`full_status`
+# with `tools/gpu_run.sh` (see {doc}`/book/running`). This section never recomputes it: where a
+# results file is committed, it is read with the same functions as the book run and its verdicts
+# join the table above; the line below says whether one is. {glue:text}`full_status`
 
 # %%
 report.glue("full_status", records.status(full, cfg.chapter, "full"))

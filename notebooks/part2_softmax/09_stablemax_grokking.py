@@ -498,8 +498,8 @@ print("f(2w) = 8 f(w)")
 # $\beta_2 = 0.999$, as in the official scripts. We record train and test accuracy, the training
 # loss, the collapsed and zero-gradient fractions of the training set (in the loss's own precision),
 # the weight norm and the NLM cosine. On the CPU, denormal numbers are flushed to zero (done by
-# `runtime.resolve`); without it, the tiny numbers that appear near collapse made steps 5-10×
-# slower in the pilot runs behind this chapter. Flushing makes values below $2^{-126}$ (float32)
+# `runtime.resolve`), because arithmetic on the tiny (denormal) numbers that appear near
+# collapse is slow on most CPUs. Flushing makes values below $2^{-126}$ (float32)
 # exactly zero, so it can only move the onset of an all-zero gradient, never that of collapse.
 
 # %%

@@ -964,9 +964,9 @@ print(book_verdicts)
 # ## Full-scale results
 #
 # The `full` preset (two layers, $d$ = 64, training length 64, 3000 steps, five seeds, evaluation
-# to 1024 tokens) runs on one GPU with `tools/gpu_run.sh` (see {doc}`/book/running`); this
-# section only reads its committed results file, never recomputes it, and judges it with the
-# same functions as the `book` run. {glue:text}`full_status`
+# to 1024 tokens) runs on one GPU with `tools/gpu_run.sh` (see {doc}`/book/running`). This
+# section never recomputes it: where a results file is committed, it is judged with the same
+# functions as the `book` run; the line below says whether one is. {glue:text}`full_status`
 
 # %%
 full = records.committed(cfg.chapter, "full")

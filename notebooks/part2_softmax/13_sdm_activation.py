@@ -1184,8 +1184,8 @@ print(final)
 # ## Full-scale results
 #
 # The `full` preset runs 20 seeds with longer training and a wider noise sweep (about two minutes
-# on one GPU). When its results file is committed next to this chapter, the verdicts above are
-# computed from it by the same functions, never recomputed from scratch:
+# on one GPU). When its results file is committed (in `noisefit_lib/results/`), the verdicts
+# above are computed from it by the same functions, never recomputed from scratch:
 # {glue:text}`full_status`
 
 # %% [markdown]

@@ -975,8 +975,8 @@ for row in claim4.itertuples():
 # $10^{-3}$, $3 \cdot 10^{-3}$ and $10^{-2}$ chosen per family on validation, three seeds, ten
 # configurations: linear attention with $d_k$ = 1, 4, 16, S6 with $n$ = 1, 4, 16, the qLSTM with
 # 2, 8 and 32 hidden units, and softmax attention) carries the MQAR experiment of this chapter.
-# It runs on one GPU with `tools/gpu_run.sh` (see {doc}`/book/running`). This section shows its
-# committed results file and never recomputes it: {glue:text}`full_status`
+# It runs on one GPU with `tools/gpu_run.sh` (see {doc}`/book/running`). This section never
+# recomputes it; it shows the results file where one is committed: {glue:text}`full_status`
 
 # %%
 report.glue("full_status", records.status(full, cfg.chapter, "full"))
