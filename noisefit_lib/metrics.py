@@ -1,10 +1,11 @@
-"""Evaluation metrics the book reuses: calibration, ranking, selective prediction and pass@k.
+"""Evaluation metrics: calibration, ranking, selective prediction, conformal sets and pass@k.
 
 Everything here works on NumPy arrays (torch tensors are converted) and returns plain floats or
 dicts of floats, so results files stay JSON-serialisable. Each function is checked against a
 hand-computed value or scikit-learn in ``tests/test_metrics.py``.
 
-Explained in: notebooks/part2_softmax/13_sdm_activation.py (calibration, admitted-set accuracy)
+Explained in: notebooks/part2_softmax/13_sdm_activation.py (calibration, admitted-set accuracy,
+the APS/RAPS conformal sets, checked against the official code in tests/test_raps_reference.py)
 and notebooks/part2_softmax/15_soft_thinking.py (pass@k); used by
 notebooks/part1_noisefit/01_a_world_we_can_check.py (calibration of the base model).
 """
@@ -148,6 +149,83 @@ def admitted_set_accuracy(
     conditional = [a for a in out["class_acc"] + out["pred_acc"] if not math.isnan(a)]
     out["min_conditional_acc"] = min(conditional) if conditional else math.nan
     return out
+
+
+def _ranked(probs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class order (most probable first), sorted probabilities and their running sums."""
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probs must be (N, C) with C >= 2, got shape {p.shape}")
+    order = p.argsort(axis=1)[:, ::-1]  # the official tie order: argsort reversed
+    ordered = np.take_along_axis(p, order, axis=1)
+    return order, ordered, np.cumsum(ordered, axis=1)
+
+
+def raps_penalties(n_classes: int, k_reg: int | None = None, lam: float = 0.0) -> np.ndarray:
+    """RAPS's rank penalties: ``lam`` for every rank from ``k_reg`` on (0-based); APS: all 0."""
+    penalties = np.zeros(n_classes)
+    if k_reg is not None:
+        penalties[k_reg:] += lam
+    return penalties
+
+
+def raps_k_reg(probs: Any, labels: Any, alpha: float) -> int:
+    """RAPS's ``k_reg``: one past the ``1 - alpha`` quantile ('higher') of the true labels' rank."""
+    order, _, _ = _ranked(probs)
+    y = _as_1d(labels, "labels", int)
+    ranks = np.argmax(order == y[:, None], axis=1)
+    return int(np.quantile(ranks, 1 - alpha, method="higher")) + 1
+
+
+def raps_scores(probs: Any, labels: Any, u: Any, penalties: np.ndarray) -> np.ndarray:
+    """Randomised conformity score of each true label (RAPS; APS when the penalties are zero).
+
+    The probability mass of the classes ranked above the label, plus ``u`` times its own, plus
+    the penalties up to and including its rank: the smallest threshold whose randomised set
+    would contain the label (Romano et al. 2020; Angelopoulos et al. 2021, official ``giq``).
+    """
+    order, ordered, cumsum = _ranked(probs)
+    y, u = _as_1d(labels, "labels", int), _as_1d(u, "u")
+    rank = np.argmax(order == y[:, None], axis=1)
+    rows = np.arange(len(y))
+    own = ordered[rows, rank]
+    return cumsum[rows, rank] - own + u * own + np.cumsum(penalties)[rank]
+
+
+def raps_threshold(scores: Any, alpha: float) -> float:
+    """The official calibrated threshold: the ``1 - alpha`` quantile ('higher') of the scores."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return float(np.quantile(_as_1d(scores, "scores"), 1 - alpha, method="higher"))
+
+
+def raps_sets(
+    probs: Any, tau: float, u: Any, penalties: np.ndarray, allow_empty: bool = False
+) -> np.ndarray:
+    """Randomised RAPS (APS) prediction sets at threshold ``tau``, as a boolean mask ``(N, C)``.
+
+    Classes enter in order of probability while the running mass plus penalties stays at most
+    ``tau``, then one more; that last class is dropped when ``u >= V``, its share of the mass
+    needed to reach ``tau`` (the official ``gcq``). Empty sets become the top class unless
+    ``allow_empty``.
+    """
+    order, ordered, cumsum = _ranked(probs)
+    u = _as_1d(u, "u")
+    n, n_classes = ordered.shape
+    pen_cum = np.cumsum(penalties)
+    sizes = np.minimum(((cumsum + pen_cum) <= tau).sum(axis=1) + 1, n_classes)
+    last = sizes - 1
+    rows = np.arange(n)
+    share = (tau - (cumsum[rows, last] - ordered[rows, last]) - pen_cum[last]) / ordered[rows, last]
+    sizes = sizes - (u >= share).astype(int)
+    if tau == 1.0:
+        sizes[:] = n_classes
+    if not allow_empty:
+        sizes[sizes == 0] = 1
+    mask = np.zeros((n, n_classes), dtype=bool)
+    members = np.arange(n_classes)[None, :] < sizes[:, None]
+    np.put_along_axis(mask, order, members, axis=1)
+    return mask
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

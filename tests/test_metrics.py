@@ -96,3 +96,31 @@ def test_pass_at_k_special_cases():
 
 def test_mean_pass_at_k():
     assert metrics.mean_pass_at_k([0, 4, 2], n=4, k=1) == pytest.approx(0.5)
+
+
+def test_aps_sets_cover_the_true_label_at_the_target_rate():
+    rng = np.random.default_rng(0)
+    logits = 2 * rng.standard_normal((6000, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in probs])  # the model is calibrated
+    cal, test = slice(0, 3000), slice(3000, None)
+    pen = metrics.raps_penalties(4)
+    tau = metrics.raps_threshold(
+        metrics.raps_scores(probs[cal], labels[cal], rng.random(3000), pen), 0.1
+    )
+    sets = metrics.raps_sets(probs[test], tau, rng.random(3000), pen)
+    covered = sets[np.arange(3000), labels[test]].mean()
+    assert 0.88 <= covered <= 0.92  # 1 - alpha, up to sampling error (sd 0.0055)
+    assert sets.sum(1).min() >= 1  # no empty sets unless allowed
+
+
+def test_raps_k_reg_and_penalties():
+    probs = np.array([[0.7, 0.2, 0.1]] * 10)
+    labels = np.array([0] * 8 + [1, 2])  # ranks 0 x8, 1, 2
+    assert metrics.raps_k_reg(probs, labels, alpha=0.5) == 1
+    assert metrics.raps_k_reg(probs, labels, alpha=0.05) == 3
+    assert metrics.raps_penalties(3, 1, 0.2).tolist() == [0.0, 0.2, 0.2]
+    with pytest.raises(ValueError):
+        metrics.raps_threshold([0.1, 0.2], 1.5)
+    with pytest.raises(ValueError):
+        metrics.raps_scores(np.ones(3), [0], [0.5], np.zeros(3))

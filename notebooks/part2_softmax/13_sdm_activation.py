@@ -28,12 +28,12 @@
 #   $\hat p(y \mid x)_{\text{lower}}$, following the paper and its official code;
 # - implement all of it from scratch, with exact nearest neighbours in PyTorch;
 # - check that it reduces to the softmax, keeps the argmax and goes uniform far from the data;
-# - compare the class- and prediction-conditional accuracy of the admitted set against softmax
-#   and temperature scaling on digits, in distribution, under a sweep of pixel noise, and on two
-#   digit classes never trained on.
+# - compare the class- and prediction-conditional accuracy of the admitted set against softmax,
+#   temperature scaling and the conformal APS and RAPS sets on digits, in distribution, under a
+#   sweep of pixel noise, and on two digit classes never trained on.
 #
 # Run time: `smoke` about 10 s, `book` (the default) about 40 s of CPU time on a 2-core CPU,
-# `full` about two minutes on one GPU.
+# `full` a few minutes on one CPU core or one GPU.
 
 # %% tags=["remove-cell"]
 # Colab or a bare Jupyter: install the library from the same ref as this notebook; nothing
@@ -249,8 +249,9 @@ print(cfg.summary())
 #
 # **Claim 4 (the paper's):** at $\alpha' = 0.95$, the admitted set of $\hat p_{\text{lower}}$ keeps
 # class- and prediction-conditional accuracy $\ge \alpha'$ in distribution and under shift (or
-# admits nothing), while thresholding the softmax or a temperature-scaled softmax at $\alpha'$
-# admits sets whose accuracy falls below $\alpha'$ under shift.
+# admits nothing), while thresholding the softmax or a temperature-scaled softmax at $\alpha'$,
+# or admitting the points whose conformal APS or RAPS set holds a single class, admits sets
+# whose accuracy falls below $\alpha'$ under shift.
 
 # %% [markdown]
 # ## Implementation
@@ -586,6 +587,75 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # %% [markdown]
+# The paper also compares two conformal predictors, APS {cite:p}`romano2020classification` and
+# RAPS {cite:p}`angelopoulos2021uncertainty`, on the temperature-scaled softmax $\pi(x)$. Rank
+# the classes by $\pi$, let $r(y)$ be the 0-based rank of $y$ and $\pi_{(j)}$ the $j$-th largest
+# probability. The randomised score of the true label on $D_{ca}$, with $u \sim U(0, 1)$, is
+#
+# $$
+# s(x, y) = \sum_{j < r(y)} \pi_{(j)}(x) + u\, \pi_{(r(y))}(x)
+#   + \lambda\, \big(r(y) + 1 - k_{\text{reg}}\big)^+ ,
+# $$ (eq-sdm-activation-raps)
+#
+# the mass a set must reach before it contains $y$; $\tau$ is its $1 - \alpha$ quantile over
+# $D_{ca}$ (the official code takes the 'higher' empirical quantile), with $\alpha = 1 - \alpha'$.
+# At test time the set takes the classes in order while their mass plus penalty stays within
+# $\tau$, and the next one with the probability that its share of the remaining mass gives; it
+# covers the true label with probability at least $1 - \alpha$ over exchangeable data, in
+# distribution. A point is admitted when its set is a single class, as in the paper's Table 1.
+# APS has $\lambda = 0$. RAPS penalises ranks from $k_{\text{reg}}$ on; as in the official code,
+# both are chosen on 30 % of $D_{ca}$ ($k_{\text{reg}}$ one past the $1 - \alpha$ quantile of
+# the true labels' ranks, $\lambda$ the value of $\{0.001, 0.01, 0.1, 0.2, 0.5\}$ with the
+# smallest sets there) and $\tau$ on the other 70 %. We reuse our temperature where the official
+# code fits its own (Platt scaling, by SGD).
+
+
+# %%
+def conformal_scores(probs, labels, u, penalties):
+    """s(x, y) of (eq-sdm-activation-raps) for probabilities (N, C) and true labels (N,)."""
+    order = probs.argsort(1)[:, ::-1]  # most probable first (ties: the official order)
+    ranked = np.take_along_axis(probs, order, 1)
+    rank = (order == labels[:, None]).argmax(1)
+    rows = np.arange(len(labels))
+    above = ranked.cumsum(1)[rows, rank] - ranked[rows, rank]
+    return above + u * ranked[rows, rank] + penalties.cumsum()[rank]
+
+
+def conformal_set_sizes(probs, tau, u, penalties):
+    """Size of each randomised set at threshold tau; the set is that many most probable classes."""
+    ranked = -np.sort(-probs, 1)
+    mass = ranked.cumsum(1) + penalties.cumsum()  # running mass plus penalties
+    size = np.minimum((mass <= tau).sum(1) + 1, probs.shape[1])  # within tau, and the next class
+    rows, last = np.arange(len(probs)), size - 1
+    share = (tau - (mass[rows, last] - ranked[rows, last])) / ranked[rows, last]
+    size = size - (u >= share)  # keep the last class with probability `share`
+    return np.full_like(size, probs.shape[1]) if tau == 1.0 else np.maximum(size, 1)
+
+
+def fit_conformal(probs, y, rng):
+    """tau and the penalties of APS (all of D_ca) and RAPS (k_reg, lambda on 30 %, tau on 70 %)."""
+    n_classes = probs.shape[1]
+    aps = metrics.raps_penalties(n_classes)
+    fitted = {"APS": (tau_of(probs, y, aps, rng), aps)}
+    tune = rng.permutation(len(y)) < math.ceil(0.3 * len(y))
+    k_reg = metrics.raps_k_reg(probs[tune], y[tune], 1 - cfg.alpha)
+    size = {}
+    for lam in (0.001, 0.01, 0.1, 0.2, 0.5):  # the official grid, smallest mean set size wins
+        pen = metrics.raps_penalties(n_classes, k_reg, lam)
+        tau = tau_of(probs[tune], y[tune], pen, rng)
+        size[lam] = conformal_set_sizes(probs[tune], tau, rng.random(tune.sum()), pen).mean()
+    pen = metrics.raps_penalties(n_classes, k_reg, min(size, key=size.get))
+    fitted["RAPS"] = (tau_of(probs[~tune], y[~tune], pen, rng), pen)
+    return fitted
+
+
+def tau_of(probs, y, penalties, rng):
+    """The calibrated threshold: the (1 - alpha) 'higher' quantile of the scores."""
+    scores = conformal_scores(probs, y, rng.random(len(y)), penalties)
+    return metrics.raps_threshold(scores, 1 - cfg.alpha)
+
+
+# %% [markdown]
 # ## Checks
 #
 # Claim 1: $q = e - 2$, $d = 1$ is the softmax; the loss is then the cross-entropy.
@@ -647,6 +717,31 @@ expected = np.where(
 )
 np.testing.assert_allclose(ecdf(reference, x).numpy(), expected, rtol=0, atol=1e-7)
 print("similarity and eCDF match brute force")
+
+# %% [markdown]
+# Our conformal scores and set sizes equal the library's, which `tests/test_raps_reference.py`
+# checks draw by draw against the official RAPS code (`aangelopoulos/conformal_classification`,
+# commit `881eba9`: `giq`, the calibration quantile and `gcq`, run once outside this repository
+# on seeded inputs). In distribution the sets cover the true label at the target rate:
+
+# %%
+conformal_rng = np.random.default_rng(cfg.seed)
+logits_demo = 2 * conformal_rng.standard_normal((4000, 4))
+probs_demo = np.exp(logits_demo) / np.exp(logits_demo).sum(1, keepdims=True)
+y_demo = (probs_demo.cumsum(1) < conformal_rng.random((4000, 1))).sum(1)  # y ~ probs: calibrated
+u_demo = conformal_rng.random(4000)
+pen_demo = metrics.raps_penalties(4, 1, 0.1)
+scores_demo = conformal_scores(probs_demo[:2000], y_demo[:2000], u_demo[:2000], pen_demo)
+np.testing.assert_allclose(
+    scores_demo, metrics.raps_scores(probs_demo[:2000], y_demo[:2000], u_demo[:2000], pen_demo)
+)
+tau_demo = metrics.raps_threshold(scores_demo, 0.1)
+sizes_demo = conformal_set_sizes(probs_demo[2000:], tau_demo, u_demo[2000:], pen_demo)
+mask_demo = metrics.raps_sets(probs_demo[2000:], tau_demo, u_demo[2000:], pen_demo)
+assert (sizes_demo == mask_demo.sum(1)).all()
+covered = mask_demo[np.arange(2000), y_demo[2000:]].mean()
+assert abs(covered - 0.9) < 0.025, covered  # 1 - alpha, up to sampling error (sd 0.007)
+print(f"RAPS sets at alpha = 0.1 cover {covered:.3f} of held-out labels; sizes equal the library")
 checks_passed = True  # every assert of this section passed
 
 # %% [markdown]
@@ -766,11 +861,11 @@ def sdm_predict(g, fc, h: torch.Tensor, cal: dict) -> dict[str, torch.Tensor]:
 
 
 # %%
-ESTIMATORS = ("softmax", "temperature", "sdm activation", "sdm lower")
+ESTIMATORS = ("softmax", "temperature", "APS", "RAPS", "sdm activation", "sdm lower")
 
 
 @torch.no_grad()
-def score_sets(net, g, fc, cal, temperature, test_sets) -> dict:
+def score_sets(net, g, fc, cal, temperature, conformal, test_sets, rng) -> dict:
     """Per test set and estimator: labels, predictions, confidence and admission (NumPy)."""
     out = {}
     for name, (x, y) in test_sets.items():
@@ -778,6 +873,13 @@ def score_sets(net, g, fc, cal, temperature, test_sets) -> dict:
         probs = torch.softmax(net(x), dim=1)
         scaled = torch.softmax(net(x) / temperature, dim=1)
         sdm = sdm_predict(g, fc, h, cal)
+        singleton = {  # a conformal set of one class: admitted, predicting that class
+            est: torch.from_numpy(
+                conformal_set_sizes(scaled.cpu().double().numpy(), tau, rng.random(len(y)), pen)
+                == 1
+            )
+            for est, (tau, pen) in conformal.items()
+        }
         rows = {
             "softmax": (probs.argmax(1), probs.max(1).values, probs.max(1).values >= cfg.alpha),
             "temperature": (
@@ -785,6 +887,7 @@ def score_sets(net, g, fc, cal, temperature, test_sets) -> dict:
                 scaled.max(1).values,
                 scaled.max(1).values >= cfg.alpha,
             ),
+            **{est: (scaled.argmax(1), scaled.max(1).values, a) for est, a in singleton.items()},
             "sdm activation": (sdm["pred"], sdm["sdm"], sdm["sdm"] >= cfg.alpha),
             "sdm lower": (sdm["pred"], sdm["p_lower"], sdm["admit"]),
         }
@@ -813,6 +916,9 @@ def run_seed(run_seed: int) -> dict:
     with torch.no_grad():
         cal = calibrate(g, fc, h["train"], y[idx["train"]], h["cal"], y[idx["cal"]], gen)
         temperature = fit_temperature(net(x[idx["cal"]]), y[idx["cal"]])
+        scaled_ca = torch.softmax(net(x[idx["cal"]]) / temperature, dim=1).cpu().double().numpy()
+    conformal_rng = runtime.numpy_stream(run_seed, "conformal")
+    conformal = fit_conformal(scaled_ca, y[idx["cal"]].cpu().numpy(), conformal_rng)
     noise_gen = runtime.stream(run_seed, "noise")
     test_sets = {}
     for sigma in cfg.noise_levels:
@@ -820,7 +926,7 @@ def run_seed(run_seed: int) -> dict:
         test_sets[f"noise {sigma}"] = ((x[idx["test"]] + sigma * noise).clamp(0, 1), y[idx["test"]])
     test_sets["held-out digits"] = (x[idx["held_out"]], y[idx["held_out"]])
     return {
-        "sets": score_sets(net, g, fc, cal, temperature, test_sets),
+        "sets": score_sets(net, g, fc, cal, temperature, conformal, test_sets, conformal_rng),
         "q_min": cal["q_min"],
         "temperature": temperature,
     }
@@ -974,8 +1080,9 @@ report.glue_figure("fig-sdm-activation-shift", fig)
 # criterion) against the standard deviation of the added pixel noise; mean and 95 % t-interval
 # over the seeds that admitted anything (a missing point: no seed did). The dotted line is the
 # target alpha' = 0.95. Right: fraction of test points admitted (mean and 95 % t-interval over
-# seeds). Digits 0-7, odd vs even; an MLP's softmax and temperature scaling versus the SDM
-# activation and the calibrated SDM estimator p_lower.
+# seeds). Digits 0-7, odd vs even; an MLP's softmax, temperature scaling and the singleton sets
+# of the conformal APS and RAPS versus the SDM activation and the calibrated SDM estimator
+# p_lower.
 # ```
 #
 # The table gives, for the clean test set, the strongest noise and the held-out digits, the
@@ -1050,6 +1157,8 @@ glued = {
 for tag, est in (
     ("softmax", "softmax"),
     ("temp", "temperature"),
+    ("aps", "APS"),
+    ("raps", "RAPS"),
     ("sdm", "sdm lower"),
     ("sdmact", "sdm activation"),
 ):
@@ -1070,7 +1179,9 @@ _ = report.glue_all(glued)
 # MLP is right only on {glue:text}`acc_worst` of the points. The softmax threshold still admits
 # {glue:text}`softmax_cov_worst` of them, right {glue:text}`softmax_acc_worst` of the time, with
 # a lowest conditional accuracy of {glue:text}`softmax_minacc_worst` (temperature scaling:
-# {glue:text}`temp_acc_worst` and {glue:text}`temp_minacc_worst`; all pooled over seeds). On the
+# {glue:text}`temp_acc_worst` and {glue:text}`temp_minacc_worst`; the singleton sets of APS:
+# {glue:text}`aps_acc_worst` and {glue:text}`aps_minacc_worst`, of RAPS:
+# {glue:text}`raps_acc_worst` and {glue:text}`raps_minacc_worst`; all pooled over seeds). On the
 # digits 8 and 9, never seen in training, the MLP's parity guesses are right on
 # {glue:text}`acc_ood`: the softmax admits {glue:text}`softmax_cov_ood` of these images at
 # accuracy {glue:text}`softmax_acc_ood`, lowest conditional accuracy
@@ -1090,8 +1201,10 @@ _ = report.glue_all(glued)
 # {glue:text}`sdm_margin_ood` on the held-out digits. Of the {glue:text}`n_shifted` shifted sets,
 # the margin's interval lies entirely below zero on {glue:text}`below_sdm` for the SDM
 # estimator, {glue:text}`below_softmax` for the softmax, {glue:text}`below_temp` for temperature
-# scaling and {glue:text}`below_sdmact` for the bare SDM activation (the verdict table above has
-# every set).
+# scaling, {glue:text}`below_aps` and {glue:text}`below_raps` for the APS and RAPS singletons and
+# {glue:text}`below_sdmact` for the bare SDM activation (the verdict table above has every set).
+# The conformal sets keep their promise, which is marginal coverage in distribution; a singleton
+# set is not a promise about the accuracy of what it admits, least of all under shift.
 #
 # So the estimator is more careful than the baselines, in that it admits a fraction of what they
 # admit, but what it does admit under shift is not right at the rate it promises for every class
@@ -1119,7 +1232,13 @@ def claim_verdicts(table: pd.DataFrame) -> dict[str, str]:
     where = {"clean": noise_sets[0], "noise": noise_sets[-1], "ood": OOD}
     pairs = [
         (tag, est, w)
-        for tag, est in (("softmax", "softmax"), ("temp", "temperature"), ("sdm", "sdm lower"))
+        for tag, est in (
+            ("softmax", "softmax"),
+            ("temp", "temperature"),
+            ("aps", "APS"),
+            ("raps", "RAPS"),
+            ("sdm", "sdm lower"),
+        )
         for w in ("noise", "ood")
     ] + [("sdm", "sdm lower", "clean")]
     return {f"{tag}_{w}": at(table, where[w], est, "verdict") for tag, est, w in pairs}
@@ -1154,6 +1273,10 @@ print(final)
 # | 4. softmax threshold falls below $\alpha'$ on unseen classes | (as above) | {glue:text}`softmax_margin_ood` on digits 8, 9 ({glue:text}`book_verdict_softmax_ood`) | {glue:text}`full_verdict_softmax_ood` | {glue:text}`verdict_softmax_ood` |
 # | 4. temperature scaling falls below $\alpha'$ under noise | SentimentOOD: 0.223 for $y=1$ (Table 1) | {glue:text}`temp_margin_worst` ({glue:text}`book_verdict_temp_noise`) | {glue:text}`full_verdict_temp_noise` | {glue:text}`verdict_temp_noise` |
 # | 4. temperature scaling falls below $\alpha'$ on unseen classes | (as above) | {glue:text}`temp_margin_ood` ({glue:text}`book_verdict_temp_ood`) | {glue:text}`full_verdict_temp_ood` | {glue:text}`verdict_temp_ood` |
+# | 4. APS singletons fall below $\alpha'$ under noise | SentimentOOD: 0.346 for $y=1$ (Table 1) | {glue:text}`aps_margin_worst` ({glue:text}`book_verdict_aps_noise`) | {glue:text}`full_verdict_aps_noise` | {glue:text}`verdict_aps_noise` |
+# | 4. APS singletons fall below $\alpha'$ on unseen classes | (as above) | {glue:text}`aps_margin_ood` ({glue:text}`book_verdict_aps_ood`) | {glue:text}`full_verdict_aps_ood` | {glue:text}`verdict_aps_ood` |
+# | 4. RAPS singletons fall below $\alpha'$ under noise | SentimentOOD: 0.336 for $y=1$ (Table 1) | {glue:text}`raps_margin_worst` ({glue:text}`book_verdict_raps_noise`) | {glue:text}`full_verdict_raps_noise` | {glue:text}`verdict_raps_noise` |
+# | 4. RAPS singletons fall below $\alpha'$ on unseen classes | (as above) | {glue:text}`raps_margin_ood` ({glue:text}`book_verdict_raps_ood`) | {glue:text}`full_verdict_raps_ood` | {glue:text}`verdict_raps_ood` |
 # | 4. $\hat p_{\text{lower}}$'s admitted set $\ge \alpha'$ or empty under noise | SentimentOOD: rejects every document | {glue:text}`sdm_margin_worst` ({glue:text}`book_verdict_sdm_noise`) | {glue:text}`full_verdict_sdm_noise` | {glue:text}`verdict_sdm_noise` |
 # | 4. $\hat p_{\text{lower}}$'s admitted set $\ge \alpha'$ or empty on unseen classes | (as above) | {glue:text}`sdm_margin_ood` ({glue:text}`book_verdict_sdm_ood`) | {glue:text}`full_verdict_sdm_ood` | {glue:text}`verdict_sdm_ood` |
 # | 4. $\hat p_{\text{lower}}$ keeps $\alpha'$ in distribution, and is useful there | Sentiment: admits 0.65 of the test set at marginal accuracy 0.996 | {glue:text}`sdm_margin_clean`, admitting {glue:text}`sdm_cov_clean` ({glue:text}`book_verdict_sdm_clean`) | {glue:text}`full_verdict_sdm_clean` | {glue:text}`verdict_sdm_clean` |
@@ -1163,7 +1286,10 @@ print(final)
 # $\alpha'$ fall below it under shift is {glue:text}`verdict_softmax_noise` for the softmax and
 # {glue:text}`verdict_temp_noise` for temperature scaling at the strongest noise, and
 # {glue:text}`verdict_softmax_ood` and {glue:text}`verdict_temp_ood` on the held-out digits
-# (under mild noise they still keep the target: the first rows of the verdict table). The SDM
+# (under mild noise they still keep the target: the first rows of the verdict table). For the
+# conformal singletons the same claim is {glue:text}`verdict_aps_noise` (APS) and
+# {glue:text}`verdict_raps_noise` (RAPS) at the strongest noise, {glue:text}`verdict_aps_ood`
+# and {glue:text}`verdict_raps_ood` on the held-out digits. The SDM
 # estimator keeps the target in distribution ({glue:text}`verdict_sdm_clean`), but by the
 # paper's own criterion its guarantee under shift is {glue:text}`verdict_sdm_noise` at the
 # strongest noise and {glue:text}`verdict_sdm_ood` on the held-out digits: it is more selective
@@ -1183,9 +1309,9 @@ print(final)
 # (sdm-activation-full-scale)=
 # ## Full-scale results
 #
-# The `full` preset runs 20 seeds with longer training and a wider noise sweep (about two minutes
-# on one GPU). When its results file is committed (in `noisefit_lib/results/`), the verdicts
-# above are computed from it by the same functions, never recomputed from scratch:
+# The `full` preset runs 20 seeds with longer training and a wider noise sweep (minutes on one
+# CPU core or one GPU). When its results file is committed (in `noisefit_lib/results/`), the
+# verdicts above are computed from it by the same functions, never recomputed from scratch:
 # {glue:text}`full_status`
 
 # %% [markdown]
@@ -1197,8 +1323,9 @@ print(final)
 # - The activation alone is not an estimator; the calibrated $\hat p_{\text{lower}}$ adds
 #   class-wise quantiles, a DKW band for the effective sample size and a learned threshold.
 # - On digits under pixel noise and on unseen classes, softmax and temperature-scaled thresholds
-#   admitted wrong answers at high confidence. The SDM estimator admitted far fewer points, at a
-#   higher marginal accuracy, but by the paper's criterion (the class- and
+#   and the singleton sets of conformal APS and RAPS admitted wrong answers at high confidence.
+#   The SDM estimator admitted far fewer points, at a higher marginal accuracy, but by the
+#   paper's criterion (the class- and
 #   prediction-conditional accuracy of the admitted set) its guarantee was
 #   {glue:text}`verdict_sdm_noise` under the strongest noise and {glue:text}`verdict_sdm_ood` on
 #   the held-out digits, where its worst conditional accuracy was below the softmax's.
@@ -1229,4 +1356,6 @@ print(final)
 #
 # - {cite:t}`schmaltz2025sdm`: the paper, with the SDM network (an LLM with an SDM output layer).
 # - {cite:t}`guo2017calibration`: temperature scaling, the baseline.
+# - {cite:t}`romano2020classification` and {cite:t}`angelopoulos2021uncertainty`: the APS and
+#   RAPS conformal sets, with marginal coverage guarantees.
 # - {cite:t}`geifman2017selective`: selective classification with a guaranteed risk.
