@@ -1,4 +1,4 @@
-"""Evaluation metrics: calibration, ranking, selective prediction, conformal sets and pass@k.
+"""Evaluation metrics: calibration, ranking, detection, selective prediction, conformal sets.
 
 Everything here works on NumPy arrays (torch tensors are converted) and returns plain floats or
 dicts of floats, so results files stay JSON-serialisable. Each function is checked against a
@@ -6,7 +6,9 @@ hand-computed value or scikit-learn in ``tests/test_metrics.py``.
 
 Explained in: notebooks/part2_softmax/13_sdm_activation.py (calibration, admitted-set accuracy,
 the APS/RAPS conformal sets, checked against the official code in tests/test_raps_reference.py)
-and notebooks/part2_softmax/15_soft_thinking.py (pass@k); used by
+notebooks/part2_softmax/15_soft_thinking.py (pass@k) and
+notebooks/part4_robustness/24_mahalanobis_scores.py (the TNR at 95 % TPR of out-of-distribution
+detection, checked against the official code in tests/test_mahalanobis_reference.py); used by
 notebooks/part1_noisefit/01_a_world_we_can_check.py (calibration of the base model).
 """
 
@@ -88,6 +90,31 @@ def auroc(scores: Any, labels: Any) -> float:
         start = stop + 1
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
+
+
+def tnr_at_tpr(in_scores: Any, out_scores: Any, tpr: float = 0.95) -> float:
+    """True negative rate at the threshold whose true positive rate is closest to ``tpr``.
+
+    The out-of-distribution literature's "TNR at 95 % TPR". Positives are the in-distribution
+    points (``in_scores``; higher means "more in"), negatives the outliers. The threshold sweeps
+    the sorted scores from below, removing one point at a time (on ties an in-distribution point
+    first), and the first position whose TPR is nearest ``tpr`` is taken: the convention of
+    ``calculate_log.get_curve`` in the official Mahalanobis
+    code (Lee et al., 2018).
+    """
+    known, novel = _as_1d(in_scores, "in_scores"), _as_1d(out_scores, "out_scores")
+    if known.size == 0 or novel.size == 0:
+        raise ValueError("tnr_at_tpr needs at least one in- and one out-of-distribution score")
+    if not 0.0 < tpr < 1.0:
+        raise ValueError(f"tpr must be in (0, 1), got {tpr}")
+    scores = np.concatenate([known, novel])
+    is_novel = np.concatenate([np.zeros(known.size, bool), np.ones(novel.size, bool)])
+    order = np.lexsort((is_novel, scores))  # ascending score; on ties known before novel
+    removed_novel = np.concatenate([[0], np.cumsum(is_novel[order])])
+    removed_known = np.arange(scores.size + 1) - removed_novel
+    true_pos = known.size - removed_known
+    position = int(np.abs(true_pos / known.size - tpr).argmin())
+    return float(1.0 - (novel.size - removed_novel[position]) / novel.size)
 
 
 def selective_accuracy(correct: Any, admitted: Any) -> tuple[float, float]:
