@@ -16,9 +16,11 @@
   detection (Ma et al., 2018).
 
 The Mahalanobis functions follow ``lib_generation.py`` of ``pokaxpoka/deep_Mahalanobis_detector``
-(tested against its outputs in ``tests/test_mahalanobis_reference.py``).
+(tested against its outputs in ``tests/test_mahalanobis_reference.py``); the mixture and its loss
+follow ``Bai-YT/AdaptiveSmoothing`` (``tests/test_adaptive_smoothing_reference.py``).
 
-Explained in: notebooks/part4_robustness/24_mahalanobis_scores.py (cite: lee2018simple).
+Explained in: notebooks/part4_robustness/24_mahalanobis_scores.py (cite: lee2018simple) and
+notebooks/part4_robustness/25_adaptive_smoothing.py (cite: bai2023improving).
 """
 
 from __future__ import annotations
@@ -335,3 +337,53 @@ def lid_scores(features: torch.Tensor, reference: torch.Tensor, k: int) -> torch
     distances = torch.cdist(features.double(), reference.double())
     nearest = distances.sort(dim=1).values[:, 1 : k + 1]
     return -k / torch.log(nearest / nearest[:, -1:]).sum(dim=1)
+
+
+def mixed_log_probs(
+    std_logits: torch.Tensor,
+    rob_logits: torch.Tensor,
+    alpha: float | torch.Tensor,
+    *,
+    std_scale: float = 1.0,
+    rob_scale: float = 1.0,
+) -> torch.Tensor:
+    """``log((1 - alpha) softmax(std_scale g) + alpha softmax(rob_scale h))``, shape (N, C).
+
+    ``alpha`` is a number or a tensor of shape (N,) or (N, 1): the weight of the robust model.
+    Computed as a log-sum-exp of the two log-probabilities, so that neither underflows; at
+    ``alpha = 0`` (``1``) it is the standard (robust) model's log-softmax exactly.
+    """
+    alpha = torch.as_tensor(alpha, dtype=std_logits.dtype, device=std_logits.device)
+    if alpha.ndim == 1:
+        alpha = alpha[:, None]
+    if bool(((alpha < 0) | (alpha > 1)).any()):
+        raise ValueError("alpha must lie in [0, 1]")
+    parts = torch.stack(
+        [
+            torch.log1p(-alpha) + F.log_softmax(std_scale * std_logits, dim=1),
+            torch.log(alpha) + F.log_softmax(rob_scale * rob_logits, dim=1),
+        ]
+    )
+    return torch.logsumexp(parts, dim=0)
+
+
+def composite_loss(
+    preds: torch.Tensor,
+    labels: torch.Tensor,
+    gammas: torch.Tensor,
+    attacked: torch.Tensor,
+    *,
+    c_bce: float = 1.5,
+    c_ce: float = 0.0,
+    c_prod: float = 0.3,
+) -> torch.Tensor:
+    """The mixing network's loss, per example: ``c_bce B + c_ce E + c_prod B E``.
+
+    ``B`` is the binary cross-entropy of the mixing logit ``gammas`` (N,) against ``attacked``
+    (1 where the input was attacked, so the robust model should get the weight), ``E`` the
+    cross-entropy of ``preds`` (N, C; the mixture's log-probabilities) against ``labels``. The
+    defaults are the official CIFAR-10 configuration's constants.
+    """
+    bce = F.binary_cross_entropy_with_logits(gammas, attacked.to(gammas.dtype), reduction="none")
+    ce = F.cross_entropy(preds, labels, reduction="none")
+    return c_bce * bce + c_ce * ce + c_prod * bce * ce

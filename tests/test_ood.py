@@ -154,3 +154,25 @@ def test_tnr_at_tpr_by_hand():
         metrics.tnr_at_tpr(known, [])
     with pytest.raises(ValueError):
         metrics.tnr_at_tpr(known, novel, tpr=1.0)
+
+
+def test_mixture_endpoints_and_normalisation():
+    gen = torch.Generator().manual_seed(0)
+    g, h = torch.randn(20, 5, generator=gen), 30 * torch.randn(20, 5, generator=gen)
+    assert torch.allclose(ood.mixed_log_probs(g, h, 0.0), F.log_softmax(g, 1))
+    assert torch.allclose(ood.mixed_log_probs(g, h, 1.0), F.log_softmax(h, 1))
+    alpha = torch.rand(20, generator=gen)
+    mixed = ood.mixed_log_probs(g, h, alpha, std_scale=2.0)
+    direct = (1 - alpha[:, None]) * F.softmax(2 * g, 1) + alpha[:, None] * F.softmax(h, 1)
+    assert torch.allclose(mixed.exp(), direct, atol=1e-6)
+    assert torch.allclose(mixed.exp().sum(1), torch.ones(20))
+    with pytest.raises(ValueError):
+        ood.mixed_log_probs(g, h, 1.5)
+
+
+def test_composite_loss_terms():
+    preds, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])
+    gammas, attacked = torch.zeros(4), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    bce, ce = np.log(2), np.log(3)
+    loss = ood.composite_loss(preds, labels, gammas, attacked, c_bce=1.0, c_ce=2.0, c_prod=3.0)
+    assert torch.allclose(loss, torch.full((4,), bce + 2 * ce + 3 * bce * ce, dtype=torch.float32))
