@@ -1037,8 +1037,9 @@ book = report.glue_all(
 # The ablation explains part of it. The last layer alone reaches a TNR of
 # {glue:text}`mah_last_near_tnr` on the held-out digits: a 7 or a 9 lands *inside* a class cloud
 # of the last hidden layer, often closer to its mean than in-distribution test digits
-# ({numref}`fig-mahalanobis-scores-histogram`), because the network was trained to map every
-# input onto one of six classes and a 7 shares the strokes of a 1. The input step helps little
+# ({numref}`fig-mahalanobis-scores-histogram`), plausibly because the network was trained to map
+# every input onto one of six classes and a 7 shares the strokes of a 1. The input step helps
+# little
 # (claim 4a on the near set: {glue:text}`mah_step_near`, *{glue:text}`mah_step_near_verdict`*;
 # {glue:text}`mah_step_far_repro` of {glue:text}`mah_step_far_n` far sets reproduced); the
 # ensemble helps a lot (claim 4b: {glue:text}`mah_ens_near`, *{glue:text}`mah_ens_near_verdict`*
