@@ -731,8 +731,9 @@ book = report.glue_all(
 # beat plain min-max quantization at the lowest bit width of the `book` run, where quantization
 # hurts most; the `full` run's wider network loses little even at 4 bits, and there the
 # difference is {glue:text}`nq_full_minmax_low` (*{glue:text}`nq_full_minmax_low_verdict`*).
-# The noisy bias is the smallest of the pipeline's three parts here: the searches for the clipping value and the mean shift
-# already put the activations where a uniform grid serves them well. A transformer of 2 blocks
+# The noisy bias is the smallest of the pipeline's three parts here: the searches for the
+# clipping value and the mean shift already put the activations where a uniform grid serves
+# them well. A transformer of 2 blocks
 # and 32 dimensions trained on 8×8 digits is also unlikely to have the outlier channels and very
 # heavy tails of a ViT-B trained on ImageNet, where the paper measures (we did not measure its
 # activation statistics against the paper's). The README's
