@@ -1,5 +1,7 @@
 """Part IV's robustness workbench: digits in and out of distribution, a small CNN, attacks.
 
+* :func:`digit_images`: all ten digits as images (N, 1, 8, 8), the stratified split of
+  :func:`noisefit_lib.noisy_labels.load_digits_split` reshaped;
 * :func:`ood_digits`: scikit-learn's bundled 8x8 digits as images (N, 1, 8, 8) in [0, 1], with
   a seeded stratified train/validation/test split of the *in-distribution* classes and the
   digits of the held-out classes (near out-of-distribution) split into validation and test;
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from noisefit_lib.noisy_labels import DigitsSplit, load_digits_split
+
 IN_CLASSES = (0, 1, 2, 3, 4, 5)
 FAR_OOD_KINDS = ("inverted", "permuted", "uniform", "blobs")
 
@@ -59,6 +63,19 @@ class OODDigits:
     def num_classes(self) -> int:
         """The number of in-distribution classes."""
         return len(self.in_classes)
+
+
+def digit_images(*, rng: np.random.Generator) -> DigitsSplit:
+    """:func:`~noisefit_lib.noisy_labels.load_digits_split` with images (N, 1, 8, 8)."""
+    split = load_digits_split(rng=rng)
+    return DigitsSplit(
+        x_train=split.x_train.reshape(-1, 1, 8, 8),
+        y_train=split.y_train,
+        x_val=split.x_val.reshape(-1, 1, 8, 8),
+        y_val=split.y_val,
+        x_test=split.x_test.reshape(-1, 1, 8, 8),
+        y_test=split.y_test,
+    )
 
 
 def ood_digits(

@@ -117,7 +117,7 @@ def search_noisy_bias(
         current = error(candidate)
         if best_error is None or current < best_error:
             best_error, best_mean = current, candidate
-    best_error, best_bias, best_scale = None, best_mean + 0 * noise, 0.0
+    best_error, best_bias, best_scale = None, torch.zeros_like(noise) + best_mean, 0.0
     for i in range(2 * range_candidates) if search_range else ():
         candidate = best_mean + noise * (i / range_candidates)
         current = error(candidate)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import EmpiricalCovariance
 
-from noisefit_lib import metrics, ood
+from noisefit_lib import metrics, noisy_labels, ood
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,11 @@ def test_composite_loss_terms():
     bce, ce = np.log(2), np.log(3)
     loss = ood.composite_loss(preds, labels, gammas, attacked, c_bce=1.0, c_ce=2.0, c_prod=3.0)
     assert torch.allclose(loss, torch.full((4,), bce + 2 * ce + 3 * bce * ce, dtype=torch.float32))
+
+
+def test_digit_images_reshape_the_shared_split():
+    flat = noisy_labels.load_digits_split(rng=np.random.default_rng(3))
+    split = ood.digit_images(rng=np.random.default_rng(3))
+    assert split.x_train.shape[1:] == (1, 8, 8) and len(split.x_test) == len(flat.x_test)
+    assert torch.equal(split.x_test.flatten(1), flat.x_test)
+    assert torch.equal(split.y_val, flat.y_val)

@@ -363,11 +363,6 @@ checks = report.glue_all(
 
 
 # %%
-def images(x):
-    """Flat digits (N, 64) as images (N, 1, 8, 8)."""
-    return x.reshape(-1, 1, 8, 8)
-
-
 def attack(model, x, y, run_seed, purpose, radius=None):
     """PGD with the preset's steps and restarts, gradients through the whole model."""
     radius = cfg.eps if radius is None else radius
@@ -481,11 +476,11 @@ class FixedMixture(torch.nn.Module):
 # %%
 def run_seed(run_seed):
     """Rows (seed, model, alpha, split, clean, robust, balanced) and the adaptive diagnostics."""
-    split = noisy_labels.load_digits_split(rng=runtime.numpy_stream(run_seed, "data"))
+    split = ood.digit_images(rng=runtime.numpy_stream(run_seed, "data"))
     data = {
-        "train": (images(split.x_train), split.y_train),
-        "val": (images(split.x_val), split.y_val),
-        "test": (images(split.x_test), split.y_test),
+        "train": (split.x_train, split.y_train),
+        "val": (split.x_val, split.y_val),
+        "test": (split.x_test, split.y_test),
     }
     standard = ood.SmallCNN(10, generator=runtime.stream(run_seed, "standard init"))
     ood.train_classifier(

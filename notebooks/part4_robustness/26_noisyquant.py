@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 
 from noisefit_lib import (
-    noisy_labels,
+    ood,
     plotting,
     quantization,
     records,
@@ -436,8 +436,10 @@ class QuantLinear(torch.nn.Module):
         channels = x.shape[-1]
         if self.noise_kind == "uniform":
             noise = (torch.rand(channels, generator=self.generator) - 0.5) * self.step
-        else:
+        elif self.noise_kind == "gaussian":
             noise = (2 * torch.randn(channels, generator=self.generator) - 1) * self.step
+        else:  # no noise: only the mean is searched
+            noise = torch.zeros(channels)
         bias, self.noise_scale = quantization.search_noisy_bias(
             x,
             self.weight,
@@ -495,17 +497,12 @@ def quantized_copy(model, bits, variant, calibration, generator):
 
 
 # %%
-def images(x):
-    """Flat digits (N, 64) as images (N, 1, 8, 8)."""
-    return x.reshape(-1, 1, 8, 8)
-
-
 def run_seed(run_seed):
     """Rows (seed, bits, variant, accuracy) and per-layer rows of the noise search."""
-    split = noisy_labels.load_digits_split(rng=runtime.numpy_stream(run_seed, "data"))
+    split = ood.digit_images(rng=runtime.numpy_stream(run_seed, "data"))
     data = {
-        "train": (images(split.x_train), split.y_train),
-        "test": (images(split.x_test), split.y_test),
+        "train": (split.x_train, split.y_train),
+        "test": (split.x_test, split.y_test),
     }
     model = train_vit(data, run_seed)
     pick = torch.randperm(len(split.x_train), generator=runtime.stream(run_seed, "calibration"))
